@@ -1,0 +1,27 @@
+"""Configuration: the one typed settings registry and the defaults it starts from."""
+
+from config.settings import (
+    CONFIG_ENV,
+    ConfigError,
+    FlowerSettings,
+    ProducerSettings,
+    RedisSettings,
+    RouteSettings,
+    Settings,
+    SourceSettings,
+    WorkerSettings,
+    load_settings,
+)
+
+__all__ = [
+    "CONFIG_ENV",
+    "ConfigError",
+    "FlowerSettings",
+    "ProducerSettings",
+    "RedisSettings",
+    "RouteSettings",
+    "Settings",
+    "SourceSettings",
+    "WorkerSettings",
+    "load_settings",
+]

@@ -1,0 +1,181 @@
+"""The single settings registry.
+
+Sources, highest priority first: keyword arguments, environment variables ``TSBATCH_...`` (nested with
+``__``, e.g. ``TSBATCH_ROUTES__HOT__URL``), the TOML file named by ``TSBATCH_CONFIG``, defaults.
+This is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from config import constants
+
+CONFIG_ENV = "TSBATCH_CONFIG"
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message names the setting."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = constants.KEY_PREFIX
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+
+class SourceSettings(_Section):
+    roots: list[Path] = Field(default_factory=list)
+
+
+class RouteSettings(_Section):
+    """One InfluxDB v2 target. Descriptors carry the route's name, never its URL or token."""
+
+    url: str
+    org: str
+    bucket: str
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    timeout_s: float = Field(default=constants.WRITE_TIMEOUT_S, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_scheme(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> RouteSettings:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        return self
+
+    def token_value(self) -> str:
+        """The route's token, read from ``token_file`` at each call so rotated secrets are picked up."""
+        if self.token_file is not None:
+            try:
+                return self.token_file.read_text().strip()
+            except OSError as e:
+                raise ConfigError(f"token_file {self.token_file}: {e.strerror}") from e
+        return self.token.get_secret_value() if self.token is not None else ""
+
+
+class WorkerSettings(_Section):
+    concurrency: int = Field(default=2, ge=1)
+    writes_in_flight: int = Field(default=constants.WRITES_IN_FLIGHT, ge=1)
+    batch_lines: int = Field(default=constants.BATCH_LINES, ge=1)
+    gzip_level: int = Field(default=constants.GZIP_LEVEL, ge=0, le=9)
+    lease_ttl_s: float = Field(default=constants.LEASE_TTL_S, gt=0)
+    heartbeat_s: float = Field(default=constants.HEARTBEAT_S, gt=0)
+    visibility_timeout_s: int = Field(default=constants.VISIBILITY_TIMEOUT_S, ge=1)
+    max_line_bytes: int = Field(default=constants.MAX_LINE_BYTES, ge=64)
+    max_retries: int = Field(default=constants.TASK_MAX_RETRIES, ge=0)
+    retry_base_s: float = Field(default=constants.RETRY_BASE_S, gt=0)
+    retry_max_s: float = Field(default=constants.RETRY_MAX_S, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_lease(self) -> WorkerSettings:
+        if self.heartbeat_s >= self.lease_ttl_s:
+            raise ValueError("heartbeat_s must be shorter than lease_ttl_s")
+        return self
+
+
+class ProducerSettings(_Section):
+    chunk_lines: int = Field(default=constants.CHUNK_LINES, ge=1)
+    max_queue_depth: int = Field(default=constants.MAX_QUEUE_DEPTH, ge=1)
+    inflight_ttl_s: int = Field(default=constants.INFLIGHT_TTL_S, ge=1)
+    queue: str = constants.QUEUE
+
+
+class FlowerSettings(_Section):
+    port: int = 5555
+    address: str = "127.0.0.1"
+    user: str = "admin"
+    password: SecretStr | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TSBATCH_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    sources: SourceSettings = Field(default_factory=SourceSettings)
+    routes: dict[str, RouteSettings] = Field(default_factory=dict)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    producer: ProducerSettings = Field(default_factory=ProducerSettings)
+    flower: FlowerSettings = Field(default_factory=FlowerSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get(CONFIG_ENV)
+        if path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+        return tuple(sources)
+
+    def route(self, name: str) -> RouteSettings:
+        try:
+            return self.routes[name]
+        except KeyError:
+            known = ", ".join(sorted(self.routes)) or "none configured"
+            raise ConfigError(f"routes.{name}: unknown route (known: {known})") from None
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "settings"
+        lines.append(f"{where}: {e['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings once; raise ``ConfigError`` naming the setting that is wrong."""
+    path = os.environ.get(CONFIG_ENV)
+    if path and not Path(path).is_file():
+        raise ConfigError(f"{CONFIG_ENV}={path}: no such file")
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from None
+    except (OSError, ValueError) as e:  # unreadable or malformed TOML
+        raise ConfigError(f"{CONFIG_ENV}={path}: {e}") from None

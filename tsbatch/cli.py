@@ -1,0 +1,273 @@
+"""``tsbatch``: a thin command line over the producer API and the Celery worker.
+
+tsbatch worker --concurrency 2
+tsbatch produce /srv/telemetry/*.lp --route hot --wait
+tsbatch status JOB
+tsbatch dlq list --job JOB
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from config import ConfigError, Settings, load_settings
+from tsbatch.descriptor import FIELD_KINDS, FORMATS, PRECISIONS, FieldSpec, Mapping
+from tsbatch.ledger import JobStatus
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Configuration and input mistakes end the program with one clear line, not a traceback."""
+    try:
+        yield
+    except ConfigError as e:
+        raise click.ClickException(f"configuration: {e}") from None
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _settings() -> Settings:
+    with _user_errors():
+        return load_settings()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Exactly-once, distributed ingestion of telemetry files into InfluxDB v2.
+
+    Settings come from the TOML file named by TSBATCH_CONFIG and from TSBATCH_... environment
+    variables (nested with __, e.g. TSBATCH_ROUTES__HOT__URL). See README.md.
+    """
+
+
+@main.command()
+@click.option(
+    "--concurrency", "-c", type=click.IntRange(min=1), help="Worker processes [worker.concurrency]."
+)
+@click.option("--loglevel", "-l", default="info", show_default=True)
+@click.option("--pool", "-P", type=click.Choice(["prefork", "solo"]), default="prefork", show_default=True)
+@click.option("--hostname", "-n", default=None, help="Node name, e.g. w1@%h.")
+def worker(concurrency: int | None, loglevel: str, pool: str, hostname: str | None) -> None:
+    """Start a worker that executes chunks from the queue (Ctrl-C or SIGTERM drains and stops)."""
+    settings = _settings()
+    from workers import app
+
+    argv = [
+        "worker",
+        "--loglevel",
+        loglevel,
+        "--pool",
+        pool,
+        "-Q",
+        settings.producer.queue,
+        "--concurrency",
+        str(concurrency or settings.worker.concurrency),
+    ]
+    if hostname:
+        argv += ["--hostname", hostname]
+    app.worker_main(argv)
+
+
+@main.command()
+@click.option("--port", type=int, help="[flower.port]")
+@click.option("--address", help="[flower.address]")
+def flower(port: int | None, address: str | None) -> None:
+    """Start Flower behind basic authentication ([flower] user and password)."""
+    settings = _settings()
+    password = settings.flower.password
+    if password is None or not password.get_secret_value():
+        raise click.ClickException(
+            "configuration: flower.password: required (Flower never runs without auth)"
+        )
+    from workers import app
+
+    # Through the environment, not argv: argv is visible to every user in `ps`.
+    os.environ["FLOWER_BASIC_AUTH"] = f"{settings.flower.user}:{password.get_secret_value()}"
+    app.start(
+        [
+            "flower",
+            f"--port={port or settings.flower.port}",
+            f"--address={address or settings.flower.address}",
+        ]
+    )
+
+
+def _field_specs(text: str | None) -> tuple[FieldSpec, ...]:
+    specs = []
+    for item in filter(None, (s.strip() for s in (text or "").split(","))):
+        name, _, kind = item.partition(":")
+        kind = kind or "float"
+        if kind not in FIELD_KINDS:
+            raise click.BadParameter(
+                f"{item}: type must be one of {', '.join(FIELD_KINDS)}", param_hint="--field-columns"
+            )
+        specs.append(FieldSpec(name=name, kind=kind))  # type: ignore[arg-type]
+    return tuple(specs)
+
+
+def _mapping(fmt: str, opts: dict[str, Any]) -> Mapping | None:
+    if fmt == "lp":
+        return None
+    fields = _field_specs(opts["field_columns"])
+    if not fields:
+        raise click.UsageError(f"--format {fmt} needs --field-columns")
+    if not (opts["measurement"] or opts["measurement_column"]):
+        raise click.UsageError(f"--format {fmt} needs --measurement or --measurement-column")
+    tags = tuple(t.strip() for t in (opts["tag_columns"] or "").split(",") if t.strip())
+    with _user_errors():
+        return Mapping(
+            measurement=opts["measurement"],
+            measurement_column=opts["measurement_column"],
+            tag_columns=tags,
+            field_columns=fields,
+            time_column=opts["time_column"],
+            time_format=opts["time_format"],
+        )
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--route", required=True, help="Route name from the settings ([routes.NAME]).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="lp", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="ns", show_default=True)
+@click.option("--measurement", help="CSV/JSONL: measurement name for every record.")
+@click.option("--measurement-column", help="CSV/JSONL: column holding the measurement.")
+@click.option("--tag-columns", help="CSV/JSONL: a,b,c")
+@click.option("--field-columns", help="CSV/JSONL: x:float,n:int,u:uint,s:string,ok:bool")
+@click.option("--time-column", default="time", show_default=True)
+@click.option(
+    "--time-format",
+    type=click.Choice(["rfc3339", "epoch"]),
+    default="rfc3339",
+    show_default=True,
+    help="epoch values are in --precision units.",
+)
+@click.option(
+    "--wait", is_flag=True, help="Show progress until the job is done; exit 1 if anything was rejected."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def produce(
+    paths: tuple[str, ...], route: str, fmt: str, precision: str, wait: bool, as_json: bool, **opts: Any
+) -> None:
+    """Plan PATHS into chunks and enqueue them; print the job id."""
+    settings = _settings()
+    mapping = _mapping(fmt, opts)
+    from producers import Producer
+
+    with Producer(settings) as producer, _user_errors():
+        sub = producer.submit(
+            [os.path.abspath(p) for p in paths],
+            route=route,
+            format=fmt,  # type: ignore[arg-type]
+            mapping=mapping,
+            precision=precision,
+        )  # type: ignore[arg-type]
+        for problem in sub.rejected_files:
+            click.echo(f"rejected: {problem}", err=True)
+        click.echo(sub.job_id)
+        click.echo(
+            f"enqueued {sub.enqueued} chunks ({sub.lines} lines), skipped {sub.skipped} already "
+            f"queued or done",
+            err=True,
+        )
+        if not wait:
+            return
+        status = _wait_with_bar(producer, sub.job_id, sub.enqueued)
+        _print_summary(status, as_json)
+        if status.rejected or status.dead or sub.rejected_files:
+            sys.exit(1)
+
+
+def _wait_with_bar(producer: Any, job_id: str, total: int) -> JobStatus:
+    with click.progressbar(length=max(total, 1), label="chunks", file=sys.stderr) as bar:
+        seen = 0
+
+        def update(status: JobStatus) -> None:
+            nonlocal seen
+            done = status.committed + status.dead
+            bar.update(done - seen)
+            seen = done
+
+        status: JobStatus = producer.wait(job_id, on_update=update)
+        return status
+
+
+def _summary(status: JobStatus) -> dict[str, Any]:
+    secs = status.seconds
+    return {
+        "job": status.job_id,
+        "chunks": status.enqueued,
+        "committed": status.committed,
+        "dead": status.dead,
+        "skipped": status.skipped,
+        "pending": status.pending,
+        "points": status.points,
+        "bytes": status.bytes,
+        "seconds": round(secs, 3),
+        "points_per_s": round(status.points / secs) if secs else 0,
+        "rejected_lines": status.rejected,
+    }
+
+
+def _print_summary(status: JobStatus, as_json: bool) -> None:
+    s = _summary(status)
+    if as_json:
+        click.echo(json.dumps(s))
+        return
+    click.echo(
+        f"job {s['job']}: {s['committed']}/{s['chunks']} chunks committed, {s['dead']} dead-lettered, "
+        f"{s['skipped']} skipped; {s['points']} points, {s['bytes']} bytes in {s['seconds']} s "
+        f"({s['points_per_s']} points/s); {s['rejected_lines']} rejected lines"
+    )
+
+
+@main.command()
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True)
+def status(job: str, as_json: bool) -> None:
+    """Chunks pending / committed / dead-lettered and points written for JOB."""
+    from producers import Producer
+
+    with Producer(_settings()) as producer:
+        st = producer.status(job)
+    if not st.exists:
+        raise click.ClickException(f"no job {job}")
+    _print_summary(st, as_json)
+
+
+@main.group()
+def dlq() -> None:
+    """The dead-letter queue: what was rejected, where, and why."""
+
+
+@dlq.command("list")
+@click.option("--job", help="Only entries of this job.")
+@click.option("--limit", type=int, default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def dlq_list(job: str | None, limit: int, as_json: bool) -> None:
+    """List dead-lettered lines, chunks and messages (file, line number, reason)."""
+    from producers import Producer
+
+    with Producer(_settings()) as producer:
+        for n, entry in enumerate(producer.dead_letters(job)):
+            if n >= limit:
+                click.echo("... more entries; raise --limit", err=True)
+                break
+            if as_json:
+                click.echo(json.dumps({"id": entry.id, **entry.fields}))
+                continue
+            where = f"{entry.get('path')}:{entry.get('line')}" if entry.get("line") else entry.get("path")
+            click.echo(
+                f"{entry.id}  {entry.get('kind'):7} {entry.get('reason'):16} {where}: {entry.get('message')}"
+            )
+
+
+if __name__ == "__main__":
+    main()

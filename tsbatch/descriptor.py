@@ -1,0 +1,119 @@
+"""The chunk descriptor: the only thing producers and workers exchange.
+
+A descriptor says where a chunk of data is (a file and a line-aligned byte range), how to map it to
+points, which route receives it (a name from the settings, never a URL or token) and its idempotency
+key. The data itself never travels through Redis.
+
+The key is a SHA-256 over everything that decides what the chunk writes: the source's identity
+(resolved path, size, mtime and the chunk's own SHA-256), the byte range, the format and mapping,
+the route and the precision. The job id is deliberately left out: a job is a request to do work, and
+asking twice for the same work must not do it twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from config.constants import SCHEMA_VERSION
+
+Format = Literal["lp", "csv", "jsonl"]
+Precision = Literal["ns", "us", "ms", "s"]
+FieldKind = Literal["float", "int", "uint", "string", "bool"]
+TimeFormat = Literal["rfc3339", "epoch"]
+
+FORMATS: tuple[Format, ...] = ("lp", "csv", "jsonl")
+PRECISIONS: tuple[Precision, ...] = ("ns", "us", "ms", "s")
+FIELD_KINDS: tuple[FieldKind, ...] = ("float", "int", "uint", "string", "bool")
+
+
+class DescriptorError(ValueError):
+    """A descriptor that no worker can execute: malformed, of another schema, or with a wrong key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FieldSpec(_Frozen):
+    name: str = Field(min_length=1)
+    kind: FieldKind = "float"
+
+
+class Mapping(_Frozen):
+    """How a CSV or JSON Lines record becomes a point. Unused for line protocol."""
+
+    measurement: str | None = None
+    measurement_column: str | None = None
+    tag_columns: tuple[str, ...] = ()
+    field_columns: tuple[FieldSpec, ...] = ()
+    time_column: str = "time"
+    time_format: TimeFormat = "rfc3339"
+    # CSV only: the header row, read once by the producer so every chunk can be parsed on its own.
+    columns: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _complete(self) -> Mapping:
+        if (self.measurement is None) == (self.measurement_column is None):
+            raise ValueError("give exactly one of measurement or measurement_column")
+        if not self.field_columns:
+            raise ValueError("at least one field column is required")
+        return self
+
+
+class ChunkDescriptor(_Frozen):
+    schema_version: int
+    job_id: str = Field(min_length=1, max_length=64)
+    path: str = Field(min_length=1)
+    file_size: int = Field(ge=0)
+    file_mtime_ns: int
+    chunk_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    first_line: int = Field(ge=1)  # 1-based number of the range's first line, for error reports
+    line_count: int = Field(ge=0)
+    format: Format
+    mapping: Mapping | None = None
+    route: str = Field(min_length=1)
+    precision: Precision = "ns"
+    key: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChunkDescriptor:
+        if self.end < self.start:
+            raise ValueError("end precedes start")
+        if self.format != "lp" and self.mapping is None:
+            raise ValueError(f"format {self.format} needs a mapping")
+        return self
+
+    def content_key(self) -> str:
+        """The idempotency key derived from the descriptor's content (everything but job and key)."""
+        body = self.model_dump(mode="json", exclude={"job_id", "key"})
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def with_key(self) -> ChunkDescriptor:
+        return self.model_copy(update={"key": self.content_key()})
+
+    def to_message(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def parse_descriptor(message: object) -> ChunkDescriptor:
+    """Validate a message from the queue; raise ``DescriptorError`` saying what is wrong with it."""
+    if not isinstance(message, dict):
+        raise DescriptorError(f"descriptor is a {type(message).__name__}, not an object")
+    version = message.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DescriptorError(f"unknown schema_version {version!r} (this worker reads {SCHEMA_VERSION})")
+    try:
+        desc = ChunkDescriptor.model_validate(message)
+    except ValidationError as e:
+        where = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise DescriptorError(f"invalid descriptor: {where}") from None
+    if desc.key != desc.content_key():
+        raise DescriptorError("idempotency key does not match the descriptor's content")
+    return desc

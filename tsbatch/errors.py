@@ -1,0 +1,45 @@
+"""tsbatch's exceptions. Retry decisions are taken on these types, never on aiohttp's or Celery's.
+
+    TsbatchError
+    ├── SourceError            the data a descriptor names cannot be used (outside the roots, changed)
+    ├── WriteError             a write to a route failed
+    │   ├── TransientWriteError    worth retrying: 429, 503, other 5xx, timeouts, connection errors
+    │   └── PermanentWriteError    retrying cannot help: 401, 403, 404 (misconfigured route)
+    └── LeaseLost              this worker's claim on a chunk was taken over; stop without committing
+
+``config.ConfigError`` (settings) and ``tsbatch.descriptor.DescriptorError`` (bad descriptors) live with
+the code that raises them.
+"""
+
+from __future__ import annotations
+
+
+class TsbatchError(Exception):
+    """Base of every tsbatch error."""
+
+
+class SourceError(TsbatchError):
+    """A descriptor's source is unusable: outside the source roots, missing, or changed since planning."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class WriteError(TsbatchError):
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class TransientWriteError(WriteError):
+    """A write that may succeed later. ``retry_after`` is the server's floor for the next attempt."""
+
+
+class PermanentWriteError(WriteError):
+    """A write that will fail the same way every time for this route."""
+
+
+class LeaseLost(TsbatchError):
+    """Another worker holds the chunk now; this one must not commit it."""

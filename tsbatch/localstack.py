@@ -1,0 +1,323 @@
+"""A local stack on free ports: redis-server, VictoriaMetrics (speaks the InfluxDB v2 write API),
+tsbatch workers and Flower. ``make demo`` and the test fixtures both use it.
+
+Everything runs from a working directory (data, logs, the generated settings file) and every process
+is stopped by ``Stack.stop()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+STARTUP_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(check: Any, what: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}; see {log}:\n{_tail(log)}")
+        try:
+            if check():
+                return
+        except Exception:  # not up yet
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} not ready after {timeout}s; see {log}:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def http_get(url: str, timeout: float = 30.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return bytes(r.read())
+
+
+@dataclass
+class Process:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        """SIGKILL the process and, for a prefork worker, its children too."""
+        for child in _children(self.proc.pid):
+            with _suppress():
+                os.kill(child, signal.SIGKILL)
+        self.stop(signal.SIGKILL)
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return True
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in out.split()]
+
+
+def children(pid: int) -> list[int]:
+    return _children(pid)
+
+
+def _spawn(
+    name: str, argv: list[str], log: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log, "ab")  # noqa: SIM115 (owned by the child for its lifetime)
+    try:
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=dict(env or os.environ), start_new_session=True
+        )
+    finally:
+        out.close()
+
+
+def start_redis(workdir: Path, *, port: int | None = None, appendonly: bool = False) -> Process:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server not found: apt-get install redis-server")
+    port = port or free_port()
+    data = workdir / f"redis-{port}"
+    data.mkdir(parents=True, exist_ok=True)
+    log = workdir / f"redis-{port}.log"
+    argv = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",
+        "--daemonize",
+        "no",
+    ]
+    proc = _spawn("redis", argv, log)
+    client = redis.Redis(port=port, socket_timeout=1)
+    try:
+        _wait(client.ping, "redis-server", proc, log, STARTUP_TIMEOUT_S)
+    finally:
+        client.close()
+    return Process("redis", proc, log, port)
+
+
+def start_victoria(workdir: Path, *, port: int | None = None) -> Process:
+    binary = shutil.which("victoria-metrics") or shutil.which("victoria-metrics-prod")
+    if binary is None:
+        raise RuntimeError("victoria-metrics not found: apt-get install victoria-metrics")
+    port = port or free_port()
+    data = workdir / f"vm-{port}"
+    log = workdir / f"vm-{port}.log"
+    # -retentionPeriod: without it VictoriaMetrics silently drops timestamps older than a month.
+    argv = [
+        binary,
+        f"-storageDataPath={data}",
+        f"-httpListenAddr=127.0.0.1:{port}",
+        "-retentionPeriod=100y",
+        "-search.disableCache",
+        "-loggerLevel=WARN",
+    ]
+    proc = _spawn("victoria-metrics", argv, log)
+    _wait(
+        lambda: http_get(f"http://127.0.0.1:{port}/health", 1) is not None,
+        "victoria-metrics",
+        proc,
+        log,
+        STARTUP_TIMEOUT_S,
+    )
+    return Process("victoria-metrics", proc, log, port)
+
+
+def vm_export(base_url: str, match: str = '{__name__=~".+"}') -> Iterator[dict[str, Any]]:
+    """Every series VictoriaMetrics holds that matches, as {metric, values, timestamps} (ms)."""
+    http_get(f"{base_url}/internal/force_flush")
+    query = urllib.parse.urlencode({"match[]": match})
+    body = http_get(f"{base_url}/api/v1/export?{query}", timeout=300)
+    for line in body.splitlines():
+        if line.strip():
+            yield json.loads(line)
+
+
+def vm_rows_inserted(base_url: str) -> int:
+    """Rows VictoriaMetrics has accepted over the InfluxDB protocol since it started (duplicates too)."""
+    total = 0
+    for line in http_get(f"{base_url}/metrics").decode().splitlines():
+        if line.startswith('vm_rows_inserted_total{type="influx"}'):
+            total += int(float(line.split()[-1]))
+    return total
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def to_toml(settings: Mapping[str, Any], prefix: str = "") -> str:
+    """Enough TOML for a settings file: tables, strings, numbers, booleans and lists."""
+    scalars = [f"{k} = {_toml_value(v)}" for k, v in settings.items() if not isinstance(v, Mapping)]
+    out = ([f"[{prefix}]"] if prefix and scalars else []) + scalars
+    for k, v in settings.items():
+        if isinstance(v, Mapping):
+            out.append(to_toml(v, f"{prefix}.{k}" if prefix else k))
+    return "\n".join(out) + "\n"
+
+
+@dataclass
+class Stack:
+    """A running local stack. ``config`` is the settings file every process reads."""
+
+    workdir: Path
+    redis: Process
+    routes: dict[str, Process]
+    config: Path
+    workers: list[Process] = field(default_factory=list)
+    flower: Process | None = None
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis.port}/0"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TSBATCH_")}
+        env["TSBATCH_CONFIG"] = str(self.config)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def tsbatch(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "tsbatch.cli", *args]
+
+    def start_worker(
+        self,
+        *,
+        concurrency: int = 1,
+        name: str | None = None,
+        pool: str = "prefork",
+        extra_env: Mapping[str, str] | None = None,
+    ) -> Process:
+        name = name or f"w{len(self.workers) + 1}"
+        log = self.workdir / f"worker-{name}.log"
+        argv = self.tsbatch(
+            "worker", "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--pool", pool
+        )
+        proc = _spawn(name, argv, log, {**self.env(), **(extra_env or {})})
+        worker = Process(name, proc, log)
+        _wait(lambda: "ready." in log.read_text(errors="replace"), f"worker {name}", proc, log, 60)
+        self.workers.append(worker)
+        return worker
+
+    def start_flower(self, *, user: str, password: str) -> Process:
+        port = free_port()
+        log = self.workdir / "flower.log"
+        env = {**self.env(), "TSBATCH_FLOWER__USER": user, "TSBATCH_FLOWER__PASSWORD": password}
+        proc = _spawn("flower", self.tsbatch("flower", "--port", str(port)), log, env)
+        flower = Process("flower", proc, log, port)
+
+        def listening() -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+
+        _wait(listening, "flower", proc, log, 60)
+        self.flower = flower
+        return flower
+
+    def stop(self) -> None:
+        for p in [*self.workers, *([self.flower] if self.flower else [])]:
+            p.stop(timeout=60)
+        for p in [*self.routes.values(), self.redis]:
+            p.stop()
+
+
+def start_stack(
+    workdir: Path,
+    *,
+    roots: list[Path],
+    routes: tuple[str, ...] = ("default",),
+    worker: Mapping[str, Any] | None = None,
+    producer: Mapping[str, Any] | None = None,
+    redis_appendonly: bool = False,
+) -> Stack:
+    """Redis and one VictoriaMetrics per route, plus the settings file that points at them."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    started: list[Process] = []
+    try:
+        red = start_redis(workdir, appendonly=redis_appendonly)
+        started.append(red)
+        vms = {}
+        for name in routes:
+            vms[name] = start_victoria(workdir)
+            started.append(vms[name])
+    except BaseException:
+        for p in started:
+            p.stop()
+        raise
+    settings: dict[str, Any] = {
+        "redis": {"url": f"redis://127.0.0.1:{red.port}/0"},
+        "sources": {"roots": [str(r) for r in roots]},
+        "routes": {
+            n: {"url": vm.url, "org": "local", "bucket": n, "token": "local-token"} for n, vm in vms.items()
+        },
+        "worker": dict(worker or {}),
+        "producer": dict(producer or {}),
+    }
+    config = workdir / "tsbatch.toml"
+    config.write_text(to_toml(settings))
+    return Stack(workdir=workdir, redis=red, routes=vms, config=config)

@@ -1,0 +1,5 @@
+-- Give a lease up (graceful abandon) only while it is still ours.   KEYS: lease   ARGV: holder
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0

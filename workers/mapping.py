@@ -1,0 +1,130 @@
+"""Map CSV and JSON Lines records to line protocol, following a descriptor's ``Mapping``."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from datetime import date
+
+from tsbatch.descriptor import FieldKind, Mapping, Precision
+from workers.lineprotocol import convert_field, escape_key, escape_measurement, escape_tag_value, format_float
+
+NS_PER: dict[Precision, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d\d):(\d\d))"
+)
+
+
+def rfc3339_ns(text: str) -> int:
+    """Exact nanoseconds since the epoch (datetime would round to microseconds)."""
+    m = _RFC3339.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"time '{text}' is not RFC 3339 (e.g. 2024-01-02T03:04:05.123Z)")
+    y, mo, d, h, mi, s = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    if h > 23 or mi > 59 or s > 59:
+        raise ValueError(f"time '{text}' is out of range")
+    days = date(y, mo, d).toordinal() - _EPOCH_ORDINAL  # raises ValueError for 2024-02-30
+    secs = days * 86_400 + h * 3_600 + mi * 60 + s
+    if m.group(9):
+        offset = int(m.group(10)) * 3_600 + int(m.group(11)) * 60
+        secs -= offset if m.group(9) == "+" else -offset
+    return secs * 1_000_000_000 + int((m.group(7) or "").ljust(9, "0"))
+
+
+def _epoch(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"time {value!r} is not an integer epoch")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    text = str(value).strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    raise ValueError(f"time '{value}' is not an integer epoch")
+
+
+def _field_value(value: object, kind: FieldKind) -> str | None:
+    """Line-protocol text of a field value, None when the record has no value for it."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return convert_field(value, kind)
+    if isinstance(value, bool):
+        if kind == "bool":
+            return "true" if value else "false"
+        if kind == "string":
+            return convert_field(str(value).lower(), kind)
+        raise ValueError(f"{value!r} is a boolean, not {kind}")
+    if isinstance(value, int | float):
+        return _number(value, kind)
+    raise ValueError(f"{value!r} is not a {kind}")
+
+
+def _number(value: int | float, kind: FieldKind) -> str:
+    if kind == "float":
+        text = format_float(float(value))
+        if text is None:
+            raise ValueError(f"{value!r} is not a finite float")
+        return text
+    if kind in ("int", "uint"):
+        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+            raise ValueError(f"{value!r} is not an integer")
+        return convert_field(str(int(value)), kind)
+    return convert_field(str(value), kind)
+
+
+class RecordEncoder:
+    """Turns one record (column name → value) into one line of protocol, or raises ValueError(reason)."""
+
+    def __init__(self, mapping: Mapping, precision: Precision) -> None:
+        self.measurement = escape_measurement(mapping.measurement) if mapping.measurement else None
+        self.measurement_column = mapping.measurement_column
+        # Sorted by key like influxdb_client.Point: InfluxDB indexes sorted tag sets fastest.
+        self.tags = [(escape_key(t), t) for t in sorted(mapping.tag_columns)]
+        self.fields = [
+            (escape_key(f.name), f.name, f.kind) for f in sorted(mapping.field_columns, key=lambda f: f.name)
+        ]
+        self.time_column = mapping.time_column
+        self.divisor = NS_PER[precision]
+        self.parse_time: Callable[[object], int] = (
+            self._rfc3339 if mapping.time_format == "rfc3339" else _epoch
+        )
+
+    def _rfc3339(self, value: object) -> int:
+        ns = rfc3339_ns(str(value))
+        return ns // self.divisor
+
+    def encode(self, record: dict[str, object]) -> str:
+        measurement = self.measurement or self._measurement(record)
+        parts = [measurement]
+        for key, column in self.tags:
+            value = record.get(column)
+            if value is not None and value != "":
+                parts.append(f",{key}={escape_tag_value(str(value))}")
+        fields = []
+        for key, column, kind in self.fields:
+            try:
+                text = _field_value(record.get(column), kind)
+            except ValueError as e:
+                raise ValueError(f"column '{column}': {e}") from None
+            if text is not None:
+                fields.append(f"{key}={text}")
+        if not fields:
+            raise ValueError("no field has a value")
+        stamp = record.get(self.time_column)
+        if stamp is None or stamp == "":
+            raise ValueError(f"column '{self.time_column}' (time) is empty")
+        parts.append(" ")
+        parts.append(",".join(fields))
+        parts.append(f" {self.parse_time(stamp)}")
+        return "".join(parts)
+
+    def _measurement(self, record: dict[str, object]) -> str:
+        assert self.measurement_column is not None
+        value = record.get(self.measurement_column)
+        if value is None or value == "":
+            raise ValueError(f"column '{self.measurement_column}' (measurement) is empty")
+        return escape_measurement(str(value))

@@ -1,0 +1,86 @@
+"""One persistent event loop per worker process, and the clients that live on it.
+
+Celery's prefork children call ``worker_process_init`` after the fork: the loop is created there and
+every ``InfluxDBClientAsync`` is created inside it, once, and closed at ``worker_process_shutdown``.
+Never ``asyncio.run()`` per task: it closes the loop under the pooled client ("Event loop is closed",
+celery/celery#6552, encode/httpx#2473). With ``--pool solo`` the runtime is created on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from config import Settings, load_settings
+from tsbatch.ledger import Ledger, connect
+from workers.writer import RouteWriter
+
+log = logging.getLogger("tsbatch.worker")
+T = TypeVar("T")
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self.worker_id = f"{socket.gethostname()}:{self.pid}"
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.ledger = Ledger(connect(settings.redis.url), prefix=settings.redis.key_prefix)
+        self._writers: dict[str, RouteWriter] = {}
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def writer(self, route_name: str) -> RouteWriter:
+        """The route's writer, created on first use; must be called from inside the loop."""
+        writer = self._writers.get(route_name)
+        if writer is None:
+            w = self.settings.worker
+            writer = RouteWriter(
+                route_name,
+                self.settings.route(route_name),
+                writes_in_flight=w.writes_in_flight,
+                gzip_level=w.gzip_level,
+            )
+            self._writers[route_name] = writer
+        return writer
+
+    def close(self) -> None:
+        async def _close() -> None:
+            for writer in self._writers.values():
+                await writer.close()
+            self._writers.clear()
+
+        try:
+            self.loop.run_until_complete(_close())
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
+        finally:
+            self.loop.close()
+            self.ledger.redis.close()
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime; a forked child never reuses its parent's loop or connections."""
+    global _runtime
+    if _runtime is None or _runtime.pid != os.getpid():
+        _runtime = Runtime(load_settings())
+    return _runtime
+
+
+def shutdown_runtime() -> None:
+    global _runtime
+    if _runtime is not None and _runtime.pid == os.getpid():
+        try:
+            _runtime.close()
+        except Exception:  # shutdown must go on; say what went wrong
+            log.exception("closing the worker runtime failed")
+        _runtime = None

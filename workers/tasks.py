@@ -1,0 +1,297 @@
+"""The chunk task: claim, read, parse, write, commit — exactly once per idempotency key.
+
+Delivery is at-least-once (acks_late, reject_on_worker_lost, the visibility timeout). What makes a chunk
+commit once is the ledger: a delivery first claims the key with a lease and a fencing token; a key
+already committed is acknowledged without writing; a key another worker holds is deferred until that
+lease is gone; and the commit succeeds only while this worker's token still holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Task
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
+
+from config import ConfigError
+from tsbatch.descriptor import ChunkDescriptor, DescriptorError, parse_descriptor
+from tsbatch.errors import LeaseLost, PermanentWriteError, SourceError, TransientWriteError, WriteError
+from tsbatch.ledger import RejectedLine
+from tsbatch.sources import confine
+from workers.celeryapp import TASK_NAME, app
+from workers.parsers import Batch, batches
+from workers.runtime import Runtime, get_runtime, shutdown_runtime
+from workers.writer import RejectedBatch, RouteWriter
+
+log = logging.getLogger("tsbatch.worker")
+
+
+@dataclass
+class Outcome:
+    status: str  # committed | duplicate | dead | defer
+    countdown: float = 0.0
+    failures: int = 0
+    error: str = ""
+    points: int = 0
+    rejected: int = 0
+
+
+def backoff_s(failures: int, *, base: float, cap: float, floor: float | None) -> float:
+    """Exponential backoff with full jitter; the server's Retry-After is a floor, never shortened."""
+    jittered = random.uniform(0, min(cap, base * 2**failures))
+    return max(jittered, floor or 0.0)
+
+
+def read_range(path: Path, desc: ChunkDescriptor) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(desc.start)
+        data = f.read(desc.end - desc.start)
+    if len(data) != desc.end - desc.start or hashlib.sha256(data).hexdigest() != desc.chunk_sha256:
+        raise SourceError(
+            f"{desc.path}:{desc.first_line}: bytes {desc.start}-{desc.end} changed since planning",
+            reason="source_changed",
+        )
+    return data
+
+
+def _most_severe(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    order = (PermanentWriteError, LeaseLost, TransientWriteError, WriteError)
+    leaves = list(_leaves(group))
+    for kind in order:
+        for exc in leaves:
+            if isinstance(exc, kind):
+                return exc
+    return leaves[0]
+
+
+def _leaves(exc: BaseException) -> Any:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+class ChunkRun:
+    """One delivery of one claimed chunk."""
+
+    def __init__(self, rt: Runtime, desc: ChunkDescriptor, holder: str, failures: int) -> None:
+        self.rt = rt
+        self.desc = desc
+        self.holder = holder
+        self.failures = failures
+        self.lost = asyncio.Event()
+        self.started = time.time()
+
+    async def run(self) -> Outcome:
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            return await self._guarded()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _guarded(self) -> Outcome:
+        try:
+            try:
+                return await self._work()
+            except BaseExceptionGroup as group:
+                raise _most_severe(group) from None
+        except SourceError as e:
+            return await self._dead(e.reason, str(e))
+        except ConfigError as e:
+            return await self._dead("unknown_route", str(e))
+        except PermanentWriteError as e:
+            return await self._dead("route_rejected", str(e))
+        except TransientWriteError as e:
+            return await self._transient(e)
+        except LeaseLost:
+            # Someone else may hold the chunk now, or our lease lapsed: look again in a second.
+            return Outcome("defer", countdown=1.0, failures=self.failures)
+
+    async def _heartbeat(self) -> None:
+        w = self.rt.settings.worker
+        while True:
+            await asyncio.sleep(w.heartbeat_s)
+            try:
+                held = await asyncio.to_thread(
+                    self.rt.ledger.renew, self.desc.key, self.holder, lease_ttl_s=w.lease_ttl_s
+                )
+            except redis.RedisError:
+                continue  # Redis restarting: the commit is fenced anyway
+            if not held:
+                self.lost.set()
+                return
+
+    async def _work(self) -> Outcome:
+        desc, settings = self.desc, self.rt.settings
+        settings.route(desc.route)
+        path = confine(desc.path, settings.sources.roots)
+        data = await asyncio.to_thread(read_range, path, desc)
+        writer = self.rt.writer(desc.route)
+        rejected: list[RejectedLine] = []
+        sends = []
+        async with asyncio.TaskGroup() as tg:
+            for batch in batches(
+                data,
+                desc,
+                batch_lines=settings.worker.batch_lines,
+                max_line_bytes=settings.worker.max_line_bytes,
+            ):
+                if self.lost.is_set():
+                    raise LeaseLost(desc.key)
+                rejected.extend(batch.rejected)
+                if batch.lines:
+                    sends.append(tg.create_task(self._send(writer, batch)))
+                await asyncio.sleep(0)  # let writes and the heartbeat progress between batches
+        digest, points, size = hashlib.sha256(), 0, 0
+        for task in sends:
+            body, server_rejected = task.result()
+            digest.update(body)
+            points += body.count(b"\n")
+            size += len(body)
+            rejected.extend(server_rejected)
+        return await self._commit(points, size, digest.hexdigest(), sorted(rejected, key=lambda r: r.line))
+
+    async def _send(self, writer: RouteWriter, batch: Batch) -> tuple[bytes, list[RejectedLine]]:
+        """Write a batch; where the server refuses lines, bisect to find exactly those."""
+        body = ("\n".join(batch.lines) + "\n").encode()
+        try:
+            await writer.write(body, precision=self.desc.precision)
+        except RejectedBatch as e:
+            if len(batch.lines) == 1:
+                reason = f"refused by the server: {e}"
+                return b"", [RejectedLine(batch.numbers[0], reason, batch.lines[0])]
+            mid = len(batch.lines) // 2
+            left = await self._send(writer, Batch(batch.lines[:mid], batch.numbers[:mid]))
+            right = await self._send(writer, Batch(batch.lines[mid:], batch.numbers[mid:]))
+            return left[0] + right[0], left[1] + right[1]
+        return body, []
+
+    async def _commit(self, points: int, size: int, sha256: str, rejected: list[RejectedLine]) -> Outcome:
+        desc = self.desc
+        record: dict[str, str | int | float] = {
+            "points": points,
+            "bytes": size,
+            "sha256": sha256,
+            "rejected": len(rejected),
+            "worker": self.rt.worker_id,
+            "started_ms": int(self.started * 1000),
+            "duration_ms": int((time.time() - self.started) * 1000),
+            "failures": self.failures,
+            "path": desc.path,
+            "first_line": desc.first_line,
+        }
+        common = {"job": desc.job_id, "key": desc.key, "path": desc.path, "route": desc.route}
+        committed = await asyncio.to_thread(
+            self.rt.ledger.commit,
+            desc.key,
+            self.holder,
+            job_id=desc.job_id,
+            record=record,
+            rejected=rejected,
+            dlq_common=common,
+        )
+        if not committed:
+            raise LeaseLost(desc.key)
+        log.info(
+            "committed job=%s key=%s path=%s line=%d points=%d rejected=%d ms=%d",
+            desc.job_id,
+            desc.key[:12],
+            desc.path,
+            desc.first_line,
+            points,
+            len(rejected),
+            record["duration_ms"],
+        )
+        return Outcome("committed", points=points, rejected=len(rejected))
+
+    async def _dead(self, reason: str, message: str) -> Outcome:
+        desc = self.desc
+        entry = {
+            "reason": reason,
+            "message": message,
+            "job": desc.job_id,
+            "key": desc.key,
+            "path": desc.path,
+            "line": str(desc.first_line),
+            "route": desc.route,
+            "attempts": str(self.failures + 1),
+            "descriptor": json.dumps(desc.to_message()),
+        }
+        await asyncio.to_thread(
+            self.rt.ledger.dead_letter, desc.key, self.holder, job_id=desc.job_id, entry=entry
+        )
+        log.warning("dead-lettered job=%s key=%s reason=%s: %s", desc.job_id, desc.key[:12], reason, message)
+        return Outcome("dead", error=message)
+
+    async def _transient(self, err: TransientWriteError) -> Outcome:
+        w = self.rt.settings.worker
+        failures = self.failures + 1
+        if failures > w.max_retries:
+            return await self._dead("retries_exhausted", f"after {failures} attempts: {err}")
+        # Free the chunk so that the retry (or any worker) can claim it at once when its time comes.
+        await asyncio.to_thread(self.rt.ledger.release, self.desc.key, self.holder)
+        countdown = backoff_s(failures - 1, base=w.retry_base_s, cap=w.retry_max_s, floor=err.retry_after)
+        log.info("retry job=%s key=%s in %.1fs: %s", self.desc.job_id, self.desc.key[:12], countdown, err)
+        return Outcome("defer", countdown=countdown, failures=failures, error=str(err))
+
+
+async def execute(rt: Runtime, message: object, *, failures: int) -> Outcome:
+    try:
+        desc = parse_descriptor(message)
+    except DescriptorError as e:
+        job = message.get("job_id") if isinstance(message, dict) else None
+        job_id = job if isinstance(job, str) and 0 < len(job) <= 64 else None
+        raw = json.dumps(message, default=str)[:65_536]
+        await asyncio.to_thread(
+            rt.ledger.dead_letter_message,
+            {"reason": "bad_descriptor", "message": str(e), "job": job_id or "", "raw": raw},
+            job_id,
+        )
+        log.warning("dead-lettered a bad descriptor: %s", e)
+        return Outcome("dead", error=str(e))
+    w = rt.settings.worker
+    claim = await asyncio.to_thread(
+        rt.ledger.claim, desc.key, worker=rt.worker_id, job_id=desc.job_id, lease_ttl_s=w.lease_ttl_s
+    )
+    if claim.status in ("committed", "dead"):
+        return Outcome("duplicate")
+    if claim.status == "busy":
+        return Outcome("defer", countdown=max(claim.retry_in_s, 1.0), failures=failures)
+    return await ChunkRun(rt, desc, claim.holder, failures).run()
+
+
+@app.task(bind=True, name=TASK_NAME, max_retries=None)
+def ingest_chunk(self: Task, message: dict[str, Any], failures: int = 0) -> dict[str, Any]:
+    rt = get_runtime()
+    outcome = rt.run(execute(rt, message, failures=failures))
+    if outcome.status == "defer":
+        raise self.retry(kwargs={"failures": outcome.failures}, countdown=outcome.countdown, max_retries=None)
+    return asdict(outcome)
+
+
+@worker_process_init.connect
+def _start_runtime(**_: Any) -> None:
+    get_runtime()
+
+
+@worker_process_shutdown.connect
+def _stop_runtime(**_: Any) -> None:
+    shutdown_runtime()
+
+
+@worker_shutdown.connect
+def _stop_solo_runtime(**_: Any) -> None:
+    shutdown_runtime()  # --pool solo runs tasks in the main process

@@ -1,0 +1,129 @@
+"""Semaphore-bounded, gzip-compressed writes to one route through ``InfluxDBClientAsync``.
+
+The boundary where HTTP outcomes become tsbatch's own exceptions:
+
+    204                    written
+    400 / 422              the batch holds lines the server refuses: ``RejectedBatch`` (the caller bisects)
+    413                    too large: ``RejectedBatch`` with ``too_large`` (the caller splits)
+    401 / 403 / 404        ``PermanentWriteError``: the route is misconfigured, retrying cannot help
+    429 / 503              ``TransientWriteError`` with the server's Retry-After as a floor
+    other 5xx, timeouts,
+    connection errors      ``TransientWriteError``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import gzip
+import time
+
+import aiohttp
+from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+from influxdb_client.rest import ApiException
+from influxdb_client.service.write_service import WriteService
+
+from config import RouteSettings
+from tsbatch.errors import PermanentWriteError, TransientWriteError, WriteError
+
+PERMANENT_STATUSES = frozenset({401, 403, 404})
+REJECT_STATUSES = frozenset({400, 422})
+
+
+class RejectedBatch(WriteError):
+    """The server refused (some of) a batch's lines; ``too_large`` when it refused the body's size."""
+
+    def __init__(self, message: str, *, status: int, too_large: bool = False) -> None:
+        super().__init__(message, status=status)
+        self.too_large = too_large
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+def _body_text(body: object) -> str:
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    return str(body or "")[:500]
+
+
+def classify(err: ApiException, route: str) -> WriteError:
+    status = int(err.status or 0)
+    text = _body_text(err.body)
+    headers = err.headers or {}
+    if status in REJECT_STATUSES:
+        return RejectedBatch(f"route {route}: {status} {text}", status=status)
+    if status == 413:
+        return RejectedBatch(f"route {route}: 413 request too large", status=status, too_large=True)
+    if status in PERMANENT_STATUSES:
+        return PermanentWriteError(
+            f"route {route}: {status} {err.reason or ''} {text}".strip() + " (check the route's url, org, "
+            "bucket and token)",
+            status=status,
+        )
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    if status == 0:
+        return TransientWriteError(f"route {route}: {err.reason}", status=None)
+    return TransientWriteError(f"route {route}: {status} {text}", status=status, retry_after=retry_after)
+
+
+class RouteWriter:
+    """Writes line-protocol bodies to one route, at most ``writes_in_flight`` at a time."""
+
+    def __init__(
+        self, route_name: str, route: RouteSettings, *, writes_in_flight: int, gzip_level: int
+    ) -> None:
+        self.name = route_name
+        self.route = route
+        self.gzip_level = gzip_level
+        self.slots = asyncio.Semaphore(writes_in_flight)
+        # Created inside the running loop, as influxdb-client's README requires for the async client.
+        self.client = InfluxDBClientAsync(
+            url=route.url,
+            token=route.token_value(),
+            org=route.org,
+            timeout=int(route.timeout_s * 1000),
+            enable_gzip=False,  # we compress ourselves, at level 1 and off the event loop
+        )
+        self._service = WriteService(self.client.api_client)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def write(self, body: bytes, *, precision: str) -> None:
+        """Send one batch; raise a ``WriteError`` subtype on anything but success."""
+        async with self.slots:
+            await self._post(body, precision)
+
+    async def _post(self, body: bytes, precision: str) -> None:
+        encoding = "identity"
+        if self.gzip_level:
+            # zlib releases the GIL: compressing in a thread overlaps with parsing the next batch.
+            body = await asyncio.to_thread(gzip.compress, body, self.gzip_level)
+            encoding = "gzip"
+        try:
+            await self._service.post_write_async(
+                org=self.route.org,
+                bucket=self.route.bucket,
+                body=body,
+                precision=precision,
+                content_encoding=encoding,
+                content_type="text/plain; charset=utf-8",
+            )
+        except ApiException as e:
+            raise classify(e, self.name) from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            # The body may have reached the server: retrying is safe because a point rewritten with the
+            # same series, field and timestamp overwrites itself, and the ledger commits once.
+            raise TransientWriteError(f"route {self.name}: {type(e).__name__}: {e}") from None
