@@ -1,0 +1,72 @@
+"""Fixtures: every test gets its own real redis-server, VictoriaMetrics and worker processes on free
+ports, started here and stopped after, so nothing depends on services already on this machine."""
+
+from __future__ import annotations
+
+import subprocess
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tsbatch import datagen
+from tsbatch.ledger import Ledger, connect
+from tsbatch.localstack import Stack, start_stack, vm_export
+
+Series = dict[tuple[str, str], list[tuple[int, float]]]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path, data_dir: Path) -> Iterator[Callable[..., Stack]]:
+    stacks: list[Stack] = []
+
+    def make(**kwargs: Any) -> Stack:
+        stack = start_stack(tmp_path / f"stack{len(stacks)}", roots=[data_dir], **kwargs)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()
+
+
+def cli(stack: Stack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        stack.tsbatch(*args), env=stack.env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def ledger(stack: Stack) -> Ledger:
+    return Ledger(connect(stack.redis_url), prefix="tsbatch")
+
+
+def landed(vm_url: str) -> Series:
+    """What VictoriaMetrics holds, by (metric, host): sorted (ms, value) samples, duplicates kept."""
+    out: Series = defaultdict(list)
+    for row in vm_export(vm_url):
+        key = (row["metric"]["__name__"], row["metric"].get("host", ""))
+        out[key].extend(zip(row["timestamps"], row["values"], strict=True))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def expected(series: int, points_per_series: int) -> Series:
+    out: Series = {}
+    for i in range(series):
+        usage, count = [], []
+        for k in range(points_per_series):
+            u, c = datagen.value(i, k)
+            ms = datagen.BASE_MS + k * 1000
+            usage.append((ms, u))
+            count.append((ms, float(c)))
+        out[("cpu_usage", datagen.host(i))] = usage
+        out[("cpu_count", datagen.host(i))] = count
+    return out
