@@ -36,6 +36,10 @@ VISIBILITY_TIMEOUT_S: Final = 3_600
 """Redis transport redelivers an unacknowledged message after this long (celery#5935). It must exceed
 the longest chunk and the longest retry countdown; the ledger's lease fences any early redelivery."""
 
+UNACKED_RESTORE_INTERVAL_S: Final = 60
+"""How often a worker sweeps Redis for unacked messages older than the visibility timeout. kombu's
+default (10 s x throttle 10) checks every ~100 s; one scan a minute is cheap and recovers sooner."""
+
 MAX_LINE_BYTES: Final = 1 << 20
 """Lines longer than 1 MiB are rejected: InfluxDB refuses them too, and they signal a corrupt file."""
 

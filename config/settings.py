@@ -97,6 +97,7 @@ class WorkerSettings(_Section):
     lease_ttl_s: float = Field(default=constants.LEASE_TTL_S, gt=0)
     heartbeat_s: float = Field(default=constants.HEARTBEAT_S, gt=0)
     visibility_timeout_s: int = Field(default=constants.VISIBILITY_TIMEOUT_S, ge=1)
+    unacked_restore_interval_s: int = Field(default=constants.UNACKED_RESTORE_INTERVAL_S, ge=1)
     max_line_bytes: int = Field(default=constants.MAX_LINE_BYTES, ge=64)
     max_retries: int = Field(default=constants.TASK_MAX_RETRIES, ge=0)
     retry_base_s: float = Field(default=constants.RETRY_BASE_S, gt=0)

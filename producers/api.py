@@ -83,9 +83,16 @@ class Producer:
         sub = Submission(job_id or new_job_id())
         self.ledger.create_job(sub.job_id, route=route, paths=[str(p) for p in paths])
         try:
-            for path in paths:
+            for path in _expand(paths):
                 try:
-                    for desc in self._plan(Path(path), sub.job_id, route, format, mapping, precision):
+                    for desc in self.plan(
+                        path,
+                        job_id=sub.job_id,
+                        route=route,
+                        format=format,
+                        mapping=mapping,
+                        precision=precision,
+                    ):
                         self._enqueue(desc, sub)
                         if on_chunk:
                             on_chunk(sub)
@@ -105,15 +112,17 @@ class Producer:
             self.ledger.finish_planning(sub.job_id)
         return sub
 
-    def _plan(
+    def plan(
         self,
         path: Path,
+        *,
         job_id: str,
         route: str,
-        format: Format,
-        mapping: Mapping | None,
-        precision: Precision,
+        format: Format = "lp",
+        mapping: Mapping | None = None,
+        precision: Precision = "ns",
     ) -> Iterator[ChunkDescriptor]:
+        """The descriptors of one file, streamed; raises ``SourceError`` if the file cannot be used."""
         resolved = confine(path, self.settings.sources.roots)
         ident = planner.identity(resolved)
         offset, first_line = 0, 1
@@ -194,6 +203,15 @@ class Producer:
 
     def dead_letters(self, job_id: str | None = None) -> Iterable[DeadLetter]:
         return self.ledger.dead_letters(job_id=job_id)
+
+
+def _expand(paths: Sequence[str | Path]) -> Iterator[Path]:
+    """Files as given; a directory stands for the regular files below it, in name order."""
+    for p in map(Path, paths):
+        if p.is_dir():
+            yield from sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        else:
+            yield p
 
 
 def _with_columns(mapping: Mapping, columns: tuple[str, ...], path: Path) -> Mapping:

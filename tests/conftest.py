@@ -70,3 +70,32 @@ def expected(series: int, points_per_series: int) -> Series:
         out[("cpu_usage", datagen.host(i))] = usage
         out[("cpu_count", datagen.host(i))] = count
     return out
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[..., Any]]:
+    """Start fault-injection servers in front of a real VictoriaMetrics; all stopped after the test."""
+    from tests.faultserver import FaultServer
+
+    servers: list[FaultServer] = []
+
+    def start(upstream: str, **kwargs: Any) -> FaultServer:
+        server = FaultServer.start(upstream, **kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def wait_for(check: Callable[[], Any], *, timeout: float = 120, what: str = "condition") -> Any:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

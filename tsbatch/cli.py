@@ -133,7 +133,7 @@ def _mapping(fmt: str, opts: dict[str, Any]) -> Mapping | None:
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--route", required=True, help="Route name from the settings ([routes.NAME]).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="lp", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="ns", show_default=True)

@@ -50,7 +50,8 @@ def lines(kind: Kind, *, series: int, points_per_series: int) -> Iterator[str]:
         for i in range(series):
             usage, count = value(i, k)
             if kind == "lp":
-                yield f"{MEASUREMENT},host={host(i)},region={region(i)} usage={usage},count={count}i {ms * 1_000_000}"
+                tags = f"host={host(i)},region={region(i)}"
+                yield f"{MEASUREMENT},{tags} usage={usage},count={count}i {ms * 1_000_000}"
             elif kind == "csv":
                 yield f"{_rfc3339(ms)},{host(i)},{region(i)},{usage},{count}"
             else:

@@ -229,12 +229,21 @@ class Stack:
     redis: Process
     routes: dict[str, Process]
     config: Path
+    settings: dict[str, Any] = field(default_factory=dict)
     workers: list[Process] = field(default_factory=list)
     flower: Process | None = None
 
     @property
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis.port}/0"
+
+    def write_config(self) -> None:
+        self.config.write_text(to_toml(self.settings))
+
+    def point_route(self, name: str, url: str) -> None:
+        """Send a route's writes somewhere else (e.g. through a fault-injection proxy); restart workers after."""
+        self.settings["routes"][name]["url"] = url
+        self.write_config()
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TSBATCH_")}
@@ -318,6 +327,6 @@ def start_stack(
         "worker": dict(worker or {}),
         "producer": dict(producer or {}),
     }
-    config = workdir / "tsbatch.toml"
-    config.write_text(to_toml(settings))
-    return Stack(workdir=workdir, redis=red, routes=vms, config=config)
+    stack = Stack(workdir=workdir, redis=red, routes=vms, config=workdir / "tsbatch.toml", settings=settings)
+    stack.write_config()
+    return stack

@@ -35,6 +35,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {
             # Unacked messages come back after this long (celery#5935): longer than any chunk or countdown.
             "visibility_timeout": w.visibility_timeout_s,
+            "unacked_restore_interval": w.unacked_restore_interval_s,
+            "unacked_restore_throttle": 1,
         },
         "task_default_queue": settings.producer.queue,
         "task_routes": {TASK_NAME: {"queue": settings.producer.queue}},
