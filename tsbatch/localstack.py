@@ -241,7 +241,7 @@ class Stack:
         self.config.write_text(to_toml(self.settings))
 
     def point_route(self, name: str, url: str) -> None:
-        """Send a route's writes somewhere else (e.g. through a fault-injection proxy); restart workers after."""
+        """Send a route's writes elsewhere (e.g. through a fault-injection proxy) for workers started next."""
         self.settings["routes"][name]["url"] = url
         self.write_config()
 
