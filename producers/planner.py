@@ -63,13 +63,15 @@ def _nth_newline(block: memoryview, start: int, n: int) -> int:
     return lo
 
 
-def scan(path: Path, *, chunk_lines: int, offset: int = 0, first_line: int = 1) -> Iterator[ChunkRange]:
+def scan(
+    path: Path, *, chunk_lines: int, offset: int = 0, first_line: int = 1, block_bytes: int = READ_BLOCK_BYTES
+) -> Iterator[ChunkRange]:
     """Yield chunks of ``chunk_lines`` lines from ``offset``; a final line without newline is kept."""
     with open(path, "rb", buffering=0) as f:
         f.seek(offset)
         start, pos, lines, line_no = offset, offset, 0, first_line
         digest, last = hashlib.sha256(), b"\n"
-        while block := f.read(READ_BLOCK_BYTES):
+        while block := f.read(block_bytes):
             last = block[-1:]
             view, i = memoryview(block), 0
             while i < len(block):
