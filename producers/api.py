@@ -158,6 +158,9 @@ class Producer:
         if state != "new":
             sub.skipped += 1
             return
+        self._send(desc, sub)
+
+    def _send(self, desc: ChunkDescriptor, sub: Submission) -> None:
         self._wait_for_room()
         try:
             self.celery.send_task(TASK_NAME, args=[desc.to_message()], queue=self.settings.producer.queue)
@@ -203,6 +206,36 @@ class Producer:
 
     def dead_letters(self, job_id: str | None = None) -> Iterable[DeadLetter]:
         return self.ledger.dead_letters(job_id=job_id)
+
+    def replay(self, entries: Sequence[DeadLetter], *, job_id: str | None = None) -> Submission:
+        """Enqueue the dead-lettered chunks among ``entries`` again, under a new job.
+
+        They go through the normal path, so a replay is exactly-once too: a chunk that meanwhile
+        committed is not written again. Replayed entries leave the queue (a chunk that fails again is
+        dead-lettered again). Rejected lines are not replayed here: they failed validation, so they are
+        exported (``tsbatch dlq export``), fixed, and produced again.
+        """
+        chunks = [e for e in entries if e.get("kind") == "chunk" and e.get("descriptor")]
+        sub = Submission(job_id or new_job_id())
+        routes = sorted({e.get("route") for e in chunks})
+        self.ledger.create_job(
+            sub.job_id, route=",".join(routes), paths=sorted({e.get("path") for e in chunks})
+        )
+        try:
+            for entry in chunks:
+                desc = ChunkDescriptor.model_validate_json(entry.get("descriptor"))
+                desc = desc.model_copy(update={"job_id": sub.job_id})
+                state = self.ledger.replan(
+                    desc.key, sub.job_id, inflight_ttl_s=self.settings.producer.inflight_ttl_s
+                )
+                if state == "new":
+                    self._send(desc, sub)
+                else:
+                    sub.skipped += 1
+                self.ledger.remove_dead_letters([entry.id])
+        finally:
+            self.ledger.finish_planning(sub.job_id)
+        return sub
 
 
 def _expand(paths: Sequence[str | Path]) -> Iterator[Path]:

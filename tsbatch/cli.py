@@ -269,5 +269,77 @@ def dlq_list(job: str | None, limit: int, as_json: bool) -> None:
             )
 
 
+def _select(producer: Any, ids: tuple[str, ...], job: str | None) -> list[Any]:
+    if not ids and not job:
+        raise click.UsageError("name entry IDs or --job")
+    if ids:
+        found = [producer.ledger.dead_letter_entry(i) for i in ids]
+        missing = [i for i, e in zip(ids, found, strict=True) if e is None]
+        if missing:
+            raise click.ClickException(f"no dead-letter entry {', '.join(missing)}")
+        return found
+    return list(producer.dead_letters(job))
+
+
+@dlq.command("show")
+@click.argument("entry_id")
+def dlq_show(entry_id: str) -> None:
+    """Everything recorded about one entry (the descriptor, the rejected line, the history)."""
+    from producers import Producer
+
+    with Producer(_settings()) as producer:
+        entry = producer.ledger.dead_letter_entry(entry_id)
+    if entry is None:
+        raise click.ClickException(f"no dead-letter entry {entry_id}")
+    click.echo(json.dumps({"id": entry.id, **entry.fields}, indent=2))
+
+
+@dlq.command("replay")
+@click.argument("entry_ids", nargs=-1)
+@click.option("--job", help="Replay every dead-lettered chunk of this job.")
+@click.option("--wait", is_flag=True, help="Wait for the replayed chunks.")
+def dlq_replay(entry_ids: tuple[str, ...], job: str | None, wait: bool) -> None:
+    """Enqueue dead-lettered chunks again (exactly-once still holds); prints the new job id."""
+    from producers import Producer
+
+    with Producer(_settings()) as producer:
+        sub = producer.replay(_select(producer, entry_ids, job))
+        click.echo(sub.job_id)
+        click.echo(f"replayed {sub.enqueued} chunks, {sub.skipped} already done or queued", err=True)
+        if wait and sub.enqueued:
+            status = _wait_with_bar(producer, sub.job_id, sub.enqueued)
+            _print_summary(status, as_json=False)
+            if status.dead or status.rejected:
+                sys.exit(1)
+
+
+@dlq.command("export")
+@click.option("--job", required=True)
+def dlq_export(job: str) -> None:
+    """Print the job's rejected lines, as they were in the file, to fix and produce again."""
+    from producers import Producer
+
+    with Producer(_settings()) as producer:
+        for entry in producer.dead_letters(job):
+            if entry.get("kind") == "line":
+                click.echo(entry.get("raw"))
+
+
+@dlq.command("purge")
+@click.argument("entry_ids", nargs=-1)
+@click.option("--job", help="Every entry of this job.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(entry_ids: tuple[str, ...], job: str | None, yes: bool) -> None:
+    """Delete dead-letter entries for good."""
+    from producers import Producer
+
+    with Producer(_settings()) as producer:
+        entries = _select(producer, entry_ids, job)
+        if not yes:
+            click.confirm(f"delete {len(entries)} entries?", abort=True)
+        removed = producer.ledger.remove_dead_letters([e.id for e in entries])
+    click.echo(f"purged {removed} entries")
+
+
 if __name__ == "__main__":
     main()

@@ -113,7 +113,7 @@ class Ledger:
         self.prefix = prefix
         self._scripts = {
             name: client.register_script(_script(name))
-            for name in ("plan", "unplan", "claim", "renew", "release", "commit", "deadletter")
+            for name in ("plan", "unplan", "claim", "renew", "release", "commit", "deadletter", "replay")
         }
 
     # -- keys ---------------------------------------------------------------------------------------
@@ -153,6 +153,11 @@ class Ledger:
         return cast(
             str, self._run("plan", [self.chunk_key(key), self.job_key(job_id)], [job_id, inflight_ttl_s])
         )
+
+    def replan(self, key: str, job_id: str, *, inflight_ttl_s: int) -> str:
+        """``new`` if a dead-lettered chunk was put back in play under ``job_id``, else its state."""
+        keys = [self.chunk_key(key), self.job_key(job_id)]
+        return cast(str, self._run("replay", keys, [job_id, inflight_ttl_s]))
 
     def unplan(self, key: str, job_id: str) -> None:
         self._run("unplan", [self.chunk_key(key), self.job_key(job_id)], [job_id])
@@ -258,6 +263,15 @@ class Ledger:
         self.redis.hincrby(self.stats_key, name, by)
 
     # -- dead-letter queue ----------------------------------------------------------------------------
+    def dead_letter_entry(self, entry_id: str) -> DeadLetter | None:
+        rows = cast(
+            list[tuple[str, dict[str, str]]], self.redis.xrange(self.dlq_key, min=entry_id, max=entry_id)
+        )
+        return DeadLetter(*rows[0]) if rows else None
+
+    def remove_dead_letters(self, entry_ids: Sequence[str]) -> int:
+        return int(cast(int, self.redis.xdel(self.dlq_key, *entry_ids))) if entry_ids else 0
+
     def dead_letters(self, *, job_id: str | None = None, batch: int = 1000) -> Iterator[DeadLetter]:
         start = "-"
         while True:
