@@ -179,7 +179,7 @@ class Producer:
             time.sleep(BACKPRESSURE_POLL_S)
 
     def queue_depth(self) -> int:
-        return int(self.ledger.redis.llen(self.settings.producer.queue))  # type: ignore[arg-type]
+        return int(self.ledger.redis.llen(self.settings.producer.queue))
 
     def status(self, job_id: str) -> JobStatus:
         return self.ledger.job(job_id)

@@ -13,12 +13,12 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import click
 
 from config import ConfigError, Settings, load_settings
-from tsbatch.descriptor import FIELD_KINDS, FORMATS, PRECISIONS, FieldSpec, Mapping
+from tsbatch.descriptor import FIELD_KINDS, FORMATS, PRECISIONS, FieldSpec, Format, Mapping, Precision
 from tsbatch.ledger import JobStatus
 
 
@@ -108,7 +108,7 @@ def _field_specs(text: str | None) -> tuple[FieldSpec, ...]:
             raise click.BadParameter(
                 f"{item}: type must be one of {', '.join(FIELD_KINDS)}", param_hint="--field-columns"
             )
-        specs.append(FieldSpec(name=name, kind=kind))  # type: ignore[arg-type]
+        specs.append(FieldSpec.model_validate({"name": name, "kind": kind}))
     return tuple(specs)
 
 
@@ -165,10 +165,10 @@ def produce(
         sub = producer.submit(
             [os.path.abspath(p) for p in paths],
             route=route,
-            format=fmt,  # type: ignore[arg-type]
+            format=cast(Format, fmt),
             mapping=mapping,
-            precision=precision,
-        )  # type: ignore[arg-type]
+            precision=cast(Precision, precision),
+        )
         for problem in sub.rejected_files:
             click.echo(f"rejected: {problem}", err=True)
         click.echo(sub.job_id)

@@ -270,7 +270,7 @@ class Ledger:
         return DeadLetter(*rows[0]) if rows else None
 
     def remove_dead_letters(self, entry_ids: Sequence[str]) -> int:
-        return int(cast(int, self.redis.xdel(self.dlq_key, *entry_ids))) if entry_ids else 0
+        return int(self.redis.xdel(self.dlq_key, *entry_ids)) if entry_ids else 0
 
     def dead_letters(self, *, job_id: str | None = None, batch: int = 1000) -> Iterator[DeadLetter]:
         start = "-"
