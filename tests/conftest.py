@@ -37,6 +37,22 @@ def make_stack(tmp_path: Path, data_dir: Path) -> Iterator[Callable[..., Stack]]
     yield make
     for stack in stacks:
         stack.stop()
+    for stack in stacks:
+        for worker in stack.workers:
+            text = worker.log.read_text(errors="replace")
+            found = [m for m in LOOP_HYGIENE if m in text]
+            assert not found, f"{worker.log}: {found}"
+
+
+# What a worker must never log, however it was stopped: each means an event loop or a client session
+# was torn down wrongly (celery#6552, influxdb-client-python#165).
+LOOP_HYGIENE = (
+    "Event loop is closed",
+    "Unclosed client session",
+    "Task was destroyed but it is pending",
+    "attached to a different loop",
+    "Unclosed connector",
+)
 
 
 def cli(stack: Stack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
