@@ -25,6 +25,7 @@ from tsbatch.errors import SourceError
 from tsbatch.ledger import DeadLetter, JobStatus, Ledger, connect
 from tsbatch.sources import confine
 from workers.celeryapp import TASK_NAME, create_app
+from workers.mapping import RecordEncoder
 
 BACKPRESSURE_POLL_S = 0.2
 QUEUE_CHECK_EVERY = 16  # descriptors between queue-length checks: one round trip per ~1M lines
@@ -80,6 +81,8 @@ class Producer:
         self.settings.route(route)  # an unknown route is the user's mistake: stop before any work
         if format != "lp" and mapping is None:
             raise ValueError(f"format {format} needs a mapping (measurement, fields, time column)")
+        if mapping is not None:
+            RecordEncoder(mapping, precision)  # raises ValueError naming a name no server would read right
         sub = Submission(job_id or new_job_id())
         self.ledger.create_job(sub.job_id, route=route, paths=[str(p) for p in paths])
         try:

@@ -76,16 +76,29 @@ def _number(value: int | float, kind: FieldKind) -> str:
     return convert_field(str(value), kind)
 
 
+def _name(kind: str, raw: str, escaped: str) -> str:
+    """Refuse names that influxdb_client.Point would write into a line the server misreads or rejects."""
+    if not raw:
+        raise ValueError(f"{kind} is empty")
+    if escaped.endswith("\\"):
+        raise ValueError(f"{kind} '{raw}' ends with a backslash")
+    if kind == "measurement" and escaped.startswith("#"):
+        raise ValueError(f"measurement '{raw}' starts with '#' (a comment line)")
+    return escaped
+
+
 class RecordEncoder:
     """Turns one record (column name → value) into one line of protocol, or raises ValueError(reason)."""
 
     def __init__(self, mapping: Mapping, precision: Precision) -> None:
-        self.measurement = escape_measurement(mapping.measurement) if mapping.measurement else None
+        m = mapping.measurement
+        self.measurement = _name("measurement", m, escape_measurement(m)) if m else None
         self.measurement_column = mapping.measurement_column
         # Sorted by key like influxdb_client.Point: InfluxDB indexes sorted tag sets fastest.
-        self.tags = [(escape_key(t), t) for t in sorted(mapping.tag_columns)]
+        self.tags = [(_name("tag key", t, escape_key(t)), t) for t in sorted(mapping.tag_columns)]
         self.fields = [
-            (escape_key(f.name), f.name, f.kind) for f in sorted(mapping.field_columns, key=lambda f: f.name)
+            (_name("field key", f.name, escape_key(f.name)), f.name, f.kind)
+            for f in sorted(mapping.field_columns, key=lambda f: f.name)
         ]
         self.time_column = mapping.time_column
         self.divisor = NS_PER[precision]
@@ -127,4 +140,4 @@ class RecordEncoder:
         value = record.get(self.measurement_column)
         if value is None or value == "":
             raise ValueError(f"column '{self.measurement_column}' (measurement) is empty")
-        return escape_measurement(str(value))
+        return _name("measurement", str(value), escape_measurement(str(value)))

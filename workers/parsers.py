@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from tsbatch.descriptor import ChunkDescriptor
+from tsbatch.errors import SourceError
 from tsbatch.ledger import RejectedLine
 from workers.lineprotocol import validate_line
 from workers.mapping import RecordEncoder
@@ -96,7 +97,10 @@ def _decode_lines(data: bytes) -> Iterator[tuple[str | None, bytes]]:
 
 def batches(data: bytes, desc: ChunkDescriptor, *, batch_lines: int, max_line_bytes: int) -> Iterator[Batch]:
     """Validated batches of at most ``batch_lines`` lines; rejected lines ride along in each batch."""
-    encode = encoder_for(desc)
+    try:
+        encode = encoder_for(desc)
+    except ValueError as e:
+        raise SourceError(f"{desc.path}: mapping cannot be used: {e}", reason="bad_mapping") from None
     batch = Batch()
     number = desc.first_line - 1
     skip_comments = desc.format == "lp"
