@@ -76,33 +76,7 @@ def write(path: Path, kind: Kind, *, series: int, points_per_series: int) -> int
 
 
 # The CLI options that map the CSV and JSON Lines forms (the JSON time is epoch milliseconds).
-CSV_ARGS = (
-    "--format",
-    "csv",
-    "--measurement",
-    MEASUREMENT,
-    "--tag-columns",
-    "host,region",
-    "--field-columns",
-    "usage:float,count:int",
-    "--time-column",
-    "time",
-    "--time-format",
-    "rfc3339",
-)
-JSONL_ARGS = (
-    "--format",
-    "jsonl",
-    "--measurement",
-    MEASUREMENT,
-    "--tag-columns",
-    "host,region",
-    "--field-columns",
-    "usage:float,count:int",
-    "--time-column",
-    "time",
-    "--time-format",
-    "epoch",
-    "--precision",
-    "ms",
-)
+_MAPPING_ARGS = ("--measurement", MEASUREMENT, "--tag-columns", "host,region",
+                 "--field-columns", "usage:float,count:int", "--time-column", "time")  # fmt: skip
+CSV_ARGS = ("--format", "csv", *_MAPPING_ARGS, "--time-format", "rfc3339")
+JSONL_ARGS = ("--format", "jsonl", *_MAPPING_ARGS, "--time-format", "epoch", "--precision", "ms")
