@@ -159,19 +159,21 @@ def produce(
     """Plan PATHS into chunks and enqueue them; print the job id."""
     settings = _settings()
     mapping = _mapping(fmt, opts)
-    from producers import Producer
+    from producers import Producer, new_job_id
 
     with Producer(settings) as producer, _user_errors():
+        job_id = new_job_id()
+        click.echo(job_id)  # first, so that a long planning run can be followed (and named) at once
         sub = producer.submit(
             [os.path.abspath(p) for p in paths],
             route=route,
             format=cast(Format, fmt),
             mapping=mapping,
             precision=cast(Precision, precision),
+            job_id=job_id,
         )
         for problem in sub.rejected_files:
             click.echo(f"rejected: {problem}", err=True)
-        click.echo(sub.job_id)
         click.echo(
             f"enqueued {sub.enqueued} chunks ({sub.lines} lines), skipped {sub.skipped} already "
             f"queued or done",

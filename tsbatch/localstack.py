@@ -34,6 +34,21 @@ def free_port() -> int:
 
 
 def _wait(check: Any, what: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Wait until ``check()`` holds; a process that never gets ready is stopped, not left behind."""
+    try:
+        _wait_ready(check, what, proc, log, timeout)
+    except BaseException:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        raise
+
+
+def _wait_ready(check: Any, what: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
