@@ -115,3 +115,13 @@ def wait_for(check: Callable[[], Any], *, timeout: float = 120, what: str = "con
             return result
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real redis-server for tests that need only Redis; each test uses its own key prefix."""
+    from tsbatch.localstack import start_redis
+
+    proc = start_redis(tmp_path_factory.mktemp("redis"))
+    yield f"redis://127.0.0.1:{proc.port}/0"
+    proc.stop()

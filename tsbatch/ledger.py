@@ -101,7 +101,8 @@ class DeadLetter:
         return self.fields.get(name, "")
 
 
-def _script(name: str) -> str:
+def load_script(name: str) -> str:
+    """The source of ``tsbatch/lua/<name>.lua``."""
     return resources.files("tsbatch").joinpath("lua", f"{name}.lua").read_text()
 
 
@@ -112,7 +113,7 @@ class Ledger:
         self.redis = client
         self.prefix = prefix
         self._scripts = {
-            name: client.register_script(_script(name))
+            name: client.register_script(load_script(name))
             for name in ("plan", "unplan", "claim", "renew", "release", "commit", "deadletter", "replay")
         }
 
