@@ -58,6 +58,20 @@ RETRY_MAX_S: Final = 300.0
 """Exponential backoff with full jitter between task retries, capped so no countdown nears the
 visibility timeout."""
 
+BATCH_RETRIES: Final = 3
+"""Fast retries of one batch inside the task before the chunk is handed back to Celery: rides out a
+blip (a reset, one 503) without giving up the chunk's lease and re-reading it."""
+
+BATCH_RETRY_MAX_WAIT_S: Final = 10.0
+"""Longest wait a task spends on an in-task retry; a longer Retry-After frees the worker slot and
+comes back as a Celery retry with that countdown."""
+
+BREAKER_THRESHOLD: Final = 5
+"""Consecutive failed writes to a route, counted across every worker, that open its breaker."""
+
+BREAKER_COOLDOWN_S: Final = 30.0
+"""How long an open breaker rejects work before one probe is let through."""
+
 READ_BLOCK_BYTES: Final = 1 << 20
 """Producer read size while scanning for line boundaries: memory stays flat at ~1 MiB a file."""
 

@@ -102,6 +102,10 @@ class WorkerSettings(_Section):
     max_retries: int = Field(default=constants.TASK_MAX_RETRIES, ge=0)
     retry_base_s: float = Field(default=constants.RETRY_BASE_S, gt=0)
     retry_max_s: float = Field(default=constants.RETRY_MAX_S, gt=0)
+    batch_retries: int = Field(default=constants.BATCH_RETRIES, ge=0)
+    batch_retry_max_wait_s: float = Field(default=constants.BATCH_RETRY_MAX_WAIT_S, ge=0)
+    breaker_threshold: int = Field(default=constants.BREAKER_THRESHOLD, ge=1)
+    breaker_cooldown_s: float = Field(default=constants.BREAKER_COOLDOWN_S, gt=0)
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> WorkerSettings:
