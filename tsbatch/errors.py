@@ -5,6 +5,7 @@
     ├── WriteError             a write to a route failed
     │   ├── TransientWriteError    worth retrying: 429, 503, other 5xx, timeouts, connection errors
     │   └── PermanentWriteError    retrying cannot help: 401, 403, 404 (misconfigured route)
+    ├── RouteUnavailable       the route's shared circuit breaker is open: defer, it is not the chunk's fault
     └── LeaseLost              this worker's claim on a chunk was taken over; stop without committing
 
 ``config.ConfigError`` (settings) and ``tsbatch.descriptor.DescriptorError`` (bad descriptors) live with
@@ -39,6 +40,14 @@ class TransientWriteError(WriteError):
 
 class PermanentWriteError(WriteError):
     """A write that will fail the same way every time for this route."""
+
+
+class RouteUnavailable(TsbatchError):
+    """The route's breaker is open; try again in ``wait_s``."""
+
+    def __init__(self, message: str, *, wait_s: float) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s
 
 
 class LeaseLost(TsbatchError):

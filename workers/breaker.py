@@ -67,6 +67,10 @@ class RouteGuard:
     def success(self, route: str) -> None:
         self.redis.delete(self._breaker(route))
 
+    def count(self, name: str) -> None:
+        """Bump a counter in the ledger's stats hash (retries, deferrals) for operators and tests."""
+        self.redis.hincrby(f"{self.prefix}:stats", name, 1)
+
     def state(self, route: str) -> dict[str, str]:
         return {str(k): str(v) for k, v in self.redis.hgetall(self._breaker(route)).items()}
 

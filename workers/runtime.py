@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from config import Settings, load_settings
 from tsbatch.ledger import Ledger, connect
+from workers.breaker import RouteGuard
 from workers.writer import RouteWriter
 
 log = logging.getLogger("tsbatch.worker")
@@ -31,6 +32,12 @@ class Runtime:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.ledger = Ledger(connect(settings.redis.url), prefix=settings.redis.key_prefix)
+        self.guard = RouteGuard(
+            self.ledger.redis,
+            prefix=settings.redis.key_prefix,
+            threshold=settings.worker.breaker_threshold,
+            cooldown_s=settings.worker.breaker_cooldown_s,
+        )
         self._writers: dict[str, RouteWriter] = {}
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -46,6 +53,9 @@ class Runtime:
                 self.settings.route(route_name),
                 writes_in_flight=w.writes_in_flight,
                 gzip_level=w.gzip_level,
+                guard=self.guard,
+                retries=w.batch_retries,
+                retry_max_wait_s=w.batch_retry_max_wait_s,
             )
             self._writers[route_name] = writer
         return writer

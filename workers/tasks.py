@@ -15,7 +15,8 @@ import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,14 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 
 from config import ConfigError
 from tsbatch.descriptor import ChunkDescriptor, DescriptorError, parse_descriptor
-from tsbatch.errors import LeaseLost, PermanentWriteError, SourceError, TransientWriteError, WriteError
+from tsbatch.errors import (
+    LeaseLost,
+    PermanentWriteError,
+    RouteUnavailable,
+    SourceError,
+    TransientWriteError,
+    WriteError,
+)
 from tsbatch.ledger import RejectedLine
 from tsbatch.sources import confine
 from workers.celeryapp import TASK_NAME, app
@@ -44,6 +52,7 @@ class Outcome:
     error: str = ""
     points: int = 0
     rejected: int = 0
+    history: list[str] = field(default_factory=list)
 
 
 def backoff_s(failures: int, *, base: float, cap: float, floor: float | None) -> float:
@@ -74,7 +83,7 @@ def _most_severe(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return leaves[0]
 
 
-def _leaves(exc: BaseException) -> Any:
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
             yield from _leaves(inner)
@@ -82,16 +91,27 @@ def _leaves(exc: BaseException) -> Any:
         yield exc
 
 
+def _timings(*, read: float, encode: float, write: float) -> dict[str, int]:
+    """read: file range and its SHA-256 check; encode: the parse loop (parsing, and the loop's work on
+    writes in flight between batches); write: waiting for the writes still in flight after the last batch."""
+    return {"read_ms": round(read * 1000), "encode_ms": round(encode * 1000), "write_ms": round(write * 1000)}
+
+
 class ChunkRun:
     """One delivery of one claimed chunk."""
 
-    def __init__(self, rt: Runtime, desc: ChunkDescriptor, holder: str, failures: int) -> None:
+    def __init__(
+        self, rt: Runtime, desc: ChunkDescriptor, holder: str, failures: int, history: list[str]
+    ) -> None:
         self.rt = rt
         self.desc = desc
         self.holder = holder
         self.failures = failures
+        self.history = history  # the failed attempts before this one, for the dead-letter entry
         self.lost = asyncio.Event()
         self.started = time.time()
+        # Where the chunk's wall time went, for the commit record (scripts/bench.py's overhead figure).
+        self.timings: dict[str, int] = {}
 
     async def run(self) -> Outcome:
         heartbeat = asyncio.create_task(self._heartbeat())
@@ -116,9 +136,19 @@ class ChunkRun:
             return await self._dead("route_rejected", str(e))
         except TransientWriteError as e:
             return await self._transient(e)
+        except RouteUnavailable as e:
+            # Not the chunk's failure: give it back and come again when the breaker lets a probe through.
+            await asyncio.to_thread(self.rt.ledger.release, self.desc.key, self.holder)
+            await asyncio.to_thread(self.rt.guard.count, "breaker_deferrals")
+            countdown = e.wait_s + random.uniform(0, 1)
+            return Outcome("defer", countdown=countdown, failures=self.failures, history=self.history)
         except LeaseLost:
             # Someone else may hold the chunk now, or our lease lapsed: look again in a second.
-            return Outcome("defer", countdown=1.0, failures=self.failures)
+            return Outcome("defer", countdown=1.0, failures=self.failures, history=self.history)
+        except Exception as e:
+            # A bug must not lose the chunk: Celery would ack the failed task and forget it.
+            log.exception("unexpected error on job=%s key=%s", self.desc.job_id, self.desc.key[:12])
+            return await self._dead("internal_error", f"{type(e).__name__}: {e}")
 
     async def _heartbeat(self) -> None:
         w = self.rt.settings.worker
@@ -137,8 +167,11 @@ class ChunkRun:
     async def _work(self) -> Outcome:
         desc, settings = self.desc, self.rt.settings
         settings.route(desc.route)
+        await self._breaker_allows()
         path = confine(desc.path, settings.sources.roots)
+        t_read = time.perf_counter()
         data = await asyncio.to_thread(read_range, path, desc)
+        t_encode = time.perf_counter()
         writer = self.rt.writer(desc.route)
         rejected: list[RejectedLine] = []
         sends = []
@@ -154,7 +187,11 @@ class ChunkRun:
                 rejected.extend(batch.rejected)
                 if batch.lines:
                     sends.append(tg.create_task(self._send(writer, batch)))
-                await asyncio.sleep(0)  # let writes and the heartbeat progress between batches
+                await self._room(sends, settings.worker.writes_in_flight)
+            t_write = time.perf_counter()
+        self.timings = _timings(
+            read=t_encode - t_read, encode=t_write - t_encode, write=time.perf_counter() - t_write
+        )
         digest, points, size = hashlib.sha256(), 0, 0
         for task in sends:
             body, server_rejected = task.result()
@@ -163,6 +200,26 @@ class ChunkRun:
             size += len(body)
             rejected.extend(server_rejected)
         return await self._commit(points, size, digest.hexdigest(), sorted(rejected, key=lambda r: r.line))
+
+    async def _breaker_allows(self) -> None:
+        route = self.desc.route
+        verdict = await asyncio.to_thread(self.rt.guard.allow, route)
+        if verdict.allowed:
+            return
+        if verdict.kind == "permanent":
+            # A refused token or a missing bucket does not mend itself: dead-letter without a request.
+            raise PermanentWriteError(f"route {route}: circuit open after: {verdict.reason}")
+        raise RouteUnavailable(f"route {route}: circuit open after: {verdict.reason}", wait_s=verdict.wait_s)
+
+    @staticmethod
+    async def _room(sends: list[asyncio.Task[Any]], writes_in_flight: int) -> None:
+        """Parse the next batch only when a write slot is free: parsing holds the loop, and batches parsed
+        ahead of the writes starve them and leave a long drain at the chunk's end (issue #4)."""
+        pending = [t for t in sends[-writes_in_flight - 1 :] if not t.done()]
+        if len(pending) > writes_in_flight:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await asyncio.sleep(0)  # let writes and the heartbeat progress between batches
 
     async def _send(self, writer: RouteWriter, batch: Batch) -> tuple[bytes, list[RejectedLine]]:
         """Write a batch; where the server refuses lines, bisect to find exactly those."""
@@ -192,6 +249,7 @@ class ChunkRun:
             "failures": self.failures,
             "path": desc.path,
             "first_line": desc.first_line,
+            **self.timings,
         }
         common = {"job": desc.job_id, "key": desc.key, "path": desc.path, "route": desc.route}
         committed = await asyncio.to_thread(
@@ -228,6 +286,7 @@ class ChunkRun:
             "line": str(desc.first_line),
             "route": desc.route,
             "attempts": str(self.failures + 1),
+            "history": json.dumps(self.history),
             "descriptor": json.dumps(desc.to_message()),
         }
         await asyncio.to_thread(
@@ -239,16 +298,18 @@ class ChunkRun:
     async def _transient(self, err: TransientWriteError) -> Outcome:
         w = self.rt.settings.worker
         failures = self.failures + 1
+        self.history = [*self.history, f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {err}"][-20:]
+        await asyncio.to_thread(self.rt.guard.count, "task_retries")
         if failures > w.max_retries:
             return await self._dead("retries_exhausted", f"after {failures} attempts: {err}")
         # Free the chunk so that the retry (or any worker) can claim it at once when its time comes.
         await asyncio.to_thread(self.rt.ledger.release, self.desc.key, self.holder)
         countdown = backoff_s(failures - 1, base=w.retry_base_s, cap=w.retry_max_s, floor=err.retry_after)
         log.info("retry job=%s key=%s in %.1fs: %s", self.desc.job_id, self.desc.key[:12], countdown, err)
-        return Outcome("defer", countdown=countdown, failures=failures, error=str(err))
+        return Outcome("defer", countdown=countdown, failures=failures, error=str(err), history=self.history)
 
 
-async def execute(rt: Runtime, message: object, *, failures: int) -> Outcome:
+async def execute(rt: Runtime, message: object, *, failures: int, history: list[str]) -> Outcome:
     try:
         desc = parse_descriptor(message)
     except DescriptorError as e:
@@ -269,16 +330,20 @@ async def execute(rt: Runtime, message: object, *, failures: int) -> Outcome:
     if claim.status in ("committed", "dead"):
         return Outcome("duplicate")
     if claim.status == "busy":
-        return Outcome("defer", countdown=max(claim.retry_in_s, 1.0), failures=failures)
-    return await ChunkRun(rt, desc, claim.holder, failures).run()
+        return Outcome("defer", countdown=max(claim.retry_in_s, 1.0), failures=failures, history=history)
+    return await ChunkRun(rt, desc, claim.holder, failures, history).run()
 
 
 @app.task(bind=True, name=TASK_NAME, max_retries=None)
-def ingest_chunk(self: Task, message: dict[str, Any], failures: int = 0) -> dict[str, Any]:
+def ingest_chunk(
+    self: Task, message: dict[str, Any], failures: int = 0, history: list[str] | None = None
+) -> dict[str, Any]:
+    """Execute one chunk descriptor. ``failures`` and ``history`` travel with Celery's retries."""
     rt = get_runtime()
-    outcome = rt.run(execute(rt, message, failures=failures))
+    outcome = rt.run(execute(rt, message, failures=failures, history=list(history or [])))
     if outcome.status == "defer":
-        raise self.retry(kwargs={"failures": outcome.failures}, countdown=outcome.countdown, max_retries=None)
+        kwargs = {"failures": outcome.failures, "history": outcome.history}
+        raise self.retry(kwargs=kwargs, countdown=outcome.countdown, max_retries=None)
     return asdict(outcome)
 
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import gzip
+import random
 import time
+from collections.abc import Mapping
 
 import aiohttp
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
@@ -25,8 +27,10 @@ from influxdb_client.service.write_service import WriteService
 
 from config import RouteSettings
 from tsbatch.errors import PermanentWriteError, TransientWriteError, WriteError
+from workers.breaker import RouteGuard
 
 PERMANENT_STATUSES = frozenset({401, 403, 404})
+BATCH_RETRY_CAP_S = 5.0  # in-task backoff stays short: a longer outage is Celery's to wait out
 REJECT_STATUSES = frozenset({400, 422})
 
 
@@ -61,7 +65,7 @@ def _body_text(body: object) -> str:
 def classify(err: ApiException, route: str) -> WriteError:
     status = int(err.status or 0)
     text = _body_text(err.body)
-    headers = err.headers or {}
+    headers: Mapping[str, str] = err.headers or {}
     if status in REJECT_STATUSES:
         return RejectedBatch(f"route {route}: {status} {text}", status=status)
     if status == 413:
@@ -82,12 +86,23 @@ class RouteWriter:
     """Writes line-protocol bodies to one route, at most ``writes_in_flight`` at a time."""
 
     def __init__(
-        self, route_name: str, route: RouteSettings, *, writes_in_flight: int, gzip_level: int
+        self,
+        route_name: str,
+        route: RouteSettings,
+        *,
+        writes_in_flight: int,
+        gzip_level: int,
+        guard: RouteGuard | None = None,
+        retries: int = 0,
+        retry_max_wait_s: float = 0.0,
     ) -> None:
         self.name = route_name
         self.route = route
         self.gzip_level = gzip_level
         self.slots = asyncio.Semaphore(writes_in_flight)
+        self.guard = guard
+        self.retries = retries
+        self.retry_max_wait_s = retry_max_wait_s
         # Created inside the running loop, as influxdb-client's README requires for the async client.
         self.client = InfluxDBClientAsync(
             url=route.url,
@@ -102,16 +117,56 @@ class RouteWriter:
         await self.client.close()
 
     async def write(self, body: bytes, *, precision: str) -> None:
-        """Send one batch; raise a ``WriteError`` subtype on anything but success."""
-        async with self.slots:
-            await self._post(body, precision)
-
-    async def _post(self, body: bytes, precision: str) -> None:
+        """Send one batch, retrying transient failures a few times; raise a ``WriteError`` subtype if
+        it cannot be written now. Every outcome is reported to the route's shared breaker."""
         encoding = "identity"
         if self.gzip_level:
             # zlib releases the GIL: compressing in a thread overlaps with parsing the next batch.
             body = await asyncio.to_thread(gzip.compress, body, self.gzip_level)
             encoding = "gzip"
+        attempt = 0
+        while True:
+            await self._hold_while_throttled()
+            try:
+                async with self.slots:
+                    await self._post(body, precision, encoding)
+            except TransientWriteError as e:
+                await self._report_failure(e, "transient")
+                attempt += 1
+                delay = max(
+                    random.uniform(0, min(BATCH_RETRY_CAP_S, 0.25 * 2**attempt)), e.retry_after or 0.0
+                )
+                if attempt > self.retries or delay > self.retry_max_wait_s:
+                    raise
+                if self.guard:
+                    await asyncio.to_thread(self.guard.count, "retries")
+                await asyncio.sleep(delay)
+            except PermanentWriteError as e:
+                await self._report_failure(e, "permanent")
+                raise
+            else:
+                if self.guard:
+                    await asyncio.to_thread(self.guard.success, self.name)
+                return
+
+    async def _hold_while_throttled(self) -> None:
+        """Wait out a Retry-After that any worker received for this route; a long one defers the chunk."""
+        if self.guard is None:
+            return
+        wait = await asyncio.to_thread(self.guard.paused_for, self.name)
+        if wait > self.retry_max_wait_s:
+            raise TransientWriteError(f"route {self.name}: throttled for {wait:.1f}s", retry_after=wait)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _report_failure(self, err: WriteError, kind: str) -> None:
+        if self.guard is None:
+            return
+        if err.retry_after:
+            await asyncio.to_thread(self.guard.pause, self.name, err.retry_after)
+        await asyncio.to_thread(self.guard.failure, self.name, kind=kind, reason=str(err))
+
+    async def _post(self, body: bytes, precision: str, encoding: str) -> None:
         try:
             await self._service.post_write_async(
                 org=self.route.org,
