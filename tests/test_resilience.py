@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ def _retry_margins(requests: list[dict[str, Any]]) -> list[float]:
         by_body[hashlib.sha256("\n".join(r["lines"]).encode()).hexdigest()].append(r)
     margins = []
     for attempts in by_body.values():
-        for told, again in zip(attempts, attempts[1:], strict=False):
+        for told, again in pairwise(attempts):
             if told["status"] in (429, 503):
                 asked = float(told["headers"].get("Retry-After", 0))
                 margins.append(again["arrival_monotonic"] - told["responded_monotonic"] - asked)

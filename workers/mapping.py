@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import math
+import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date
 
 from tsbatch.descriptor import FieldKind, Mapping, Precision
-from workers.lineprotocol import convert_field, escape_key, escape_measurement, escape_tag_value, format_float
+from workers.lineprotocol import (
+    convert_field,
+    escape_key,
+    escape_measurement,
+    escape_tag_value,
+    field_converter,
+    format_float,
+)
 
 NS_PER: dict[Precision, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
@@ -111,7 +119,7 @@ class RecordEncoder:
         return ns // self.divisor
 
     def encode(self, record: dict[str, object]) -> str:
-        measurement = self.measurement or self._measurement(record)
+        measurement = self.measurement or self._measurement(record.get(str(self.measurement_column)))
         parts = [measurement]
         for key, column in self.tags:
             value = record.get(column)
@@ -135,9 +143,90 @@ class RecordEncoder:
         parts.append(f" {self.parse_time(stamp)}")
         return "".join(parts)
 
-    def _measurement(self, record: dict[str, object]) -> str:
-        assert self.measurement_column is not None
-        value = record.get(self.measurement_column)
+    def _measurement(self, value: object) -> str:
         if value is None or value == "":
             raise ValueError(f"column '{self.measurement_column}' (measurement) is empty")
         return _name("measurement", str(value), escape_measurement(str(value)))
+
+
+_TAG_SET_CACHE_LIMIT = 100_000  # tag sets remembered per chunk; a full cache is emptied, as in lineprotocol
+
+
+def _getter(positions: tuple[int, ...]) -> Callable[[Sequence[str]], tuple[str, ...]]:
+    """The cells at ``positions`` as a tuple (itemgetter returns a bare cell for a single position)."""
+    if len(positions) > 1:
+        return operator.itemgetter(*positions)
+    if positions:
+        at = positions[0]
+        return lambda row: (row[at],)
+    return lambda row: ()
+
+
+class RowEncoder:
+    """``RecordEncoder``'s rules for a CSV row of strings, read by column position.
+
+    The CSV hot path (issue #4: mapping was 80% of a CSV chunk's time): no dict per row, the tag set's
+    text remembered by its values, and the last timestamp's conversion reused, since collectors write
+    many series at one time. Every value still goes through the same conversions and checks, in the
+    same order, so a row is refused with the same reason.
+    """
+
+    def __init__(self, records: RecordEncoder, columns: Sequence[str]) -> None:
+        index = {c: i for i, c in enumerate(columns)}  # a repeated name reads its last column, as dict(zip)
+        self.records = records
+        self.measurement_at = index[records.measurement_column] if records.measurement_column else -1
+        self.tag_keys = tuple(key for key, _ in records.tags)
+        self.tag_values = _getter(tuple(index[column] for _, column in records.tags))
+        self.fields = [(key, index[c], c, field_converter(kind)) for key, c, kind in records.fields]
+        self.time_at = index[records.time_column]
+        self._tag_sets: dict[tuple[str, ...], str] = {}
+        self._last_stamp: str | None = None
+        self._last_time = 0
+
+    @staticmethod
+    def covers(records: RecordEncoder, columns: Sequence[str]) -> bool:
+        """Whether every column the mapping names is in ``columns`` (else use ``RecordEncoder``)."""
+        wanted = [c for _, c in records.tags] + [c for _, c, _ in records.fields] + [records.time_column]
+        return set(wanted + ([records.measurement_column] if records.measurement_column else [])) <= set(
+            columns
+        )
+
+    def encode(self, row: Sequence[str]) -> str:
+        records = self.records
+        measurement = records.measurement or records._measurement(row[self.measurement_at])
+        tags = self._tag_set(self.tag_values(row))
+        fields = ",".join(self._fields(row))
+        stamp = row[self.time_at]
+        if stamp == "":
+            raise ValueError(f"column '{records.time_column}' (time) is empty")
+        if stamp != self._last_stamp:
+            self._last_time = records.parse_time(stamp)
+            self._last_stamp = stamp
+        return f"{measurement}{tags} {fields} {self._last_time}"
+
+    def _tag_set(self, values: tuple[str, ...]) -> str:
+        text = self._tag_sets.get(values)
+        if text is None:
+            text = "".join(
+                f",{key}={escape_tag_value(value)}"
+                for key, value in zip(self.tag_keys, values, strict=True)
+                if value
+            )
+            if len(self._tag_sets) >= _TAG_SET_CACHE_LIMIT:
+                self._tag_sets.clear()
+            self._tag_sets[values] = text
+        return text
+
+    def _fields(self, row: Sequence[str]) -> list[str]:
+        fields = []
+        for key, at, column, convert in self.fields:
+            value = row[at]
+            if value == "":
+                continue
+            try:
+                fields.append(f"{key}={convert(value)}")
+            except ValueError as e:
+                raise ValueError(f"column '{column}': {e}") from None
+        if not fields:
+            raise ValueError("no field has a value")
+        return fields

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from tsbatch.descriptor import ChunkDescriptor
 from tsbatch.errors import SourceError
 from tsbatch.ledger import RejectedLine
-from workers.lineprotocol import validate_line
-from workers.mapping import RecordEncoder
+from workers.lineprotocol import valid_block, validate_line
+from workers.mapping import RecordEncoder, RowEncoder
 
 RAW_KEEP_CHARS = 65_536  # a rejected line is kept whole up to 64 KiB, enough to replay any sane line
 
@@ -45,12 +45,15 @@ def _csv_encoder(desc: ChunkDescriptor) -> Encoder:
     assert desc.mapping is not None
     records = RecordEncoder(desc.mapping, desc.precision)
     columns = desc.mapping.columns
+    rows = RowEncoder(records, columns) if RowEncoder.covers(records, columns) else None
 
     def encode(line: str) -> str:
         # One reader per quoted line: a stray quote must not swallow the following lines.
         row = next(csv.reader((line,), strict=True)) if '"' in line else line.split(",")
         if len(row) != len(columns):
             raise ValueError(f"{len(row)} columns, header has {len(columns)}")
+        if rows is not None:
+            return rows.encode(row)
         return records.encode(dict(zip(columns, row, strict=True)))
 
     return encode
@@ -80,11 +83,17 @@ def encoder_for(desc: ChunkDescriptor) -> Encoder:
     return _lp_encoder()
 
 
+def _utf8(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def _decode_lines(data: bytes) -> Iterator[tuple[str | None, bytes]]:
     """Each line as text (None when it is not UTF-8) and its bytes."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
+    text = _utf8(data)
+    if text is None:
         for raw in data.split(b"\n"):
             try:
                 yield raw.decode("utf-8"), raw
@@ -95,34 +104,69 @@ def _decode_lines(data: bytes) -> Iterator[tuple[str | None, bytes]]:
         yield line, b""
 
 
+@dataclass(slots=True)
+class _LineCheck:
+    """The per-line checks every line goes through (unless its whole batch passed ``valid_block``)."""
+
+    encode: Encoder
+    max_line_bytes: int
+    skip_comments: bool
+
+    def add(self, batch: Batch, number: int, line: str) -> None:
+        if line.endswith("\r"):
+            line = line[:-1]
+        if not line.strip() or (self.skip_comments and line.startswith("#")):
+            return
+        if len(line) * 4 > self.max_line_bytes and len(line.encode()) > self.max_line_bytes:
+            reason = f"line longer than {self.max_line_bytes} bytes"
+            batch.rejected.append(RejectedLine(number, reason, line[:RAW_KEEP_CHARS]))
+            return
+        try:
+            batch.lines.append(self.encode(line))
+        except (ValueError, csv.Error) as e:
+            batch.rejected.append(RejectedLine(number, str(e), line[:RAW_KEEP_CHARS]))
+            return
+        batch.numbers.append(number)
+
+
+def _lp_batches(text: str, first_line: int, batch_lines: int, check: _LineCheck) -> Iterator[Batch]:
+    """Line protocol, ``batch_lines`` source lines at a time: a batch whose lines all pass one
+    ``valid_block`` call is taken as it is; any other batch goes line by line through ``check``."""
+    lines = text.split("\n")
+    short_enough = check.max_line_bytes // 4  # a str of n characters is at most 4n bytes of UTF-8
+    for i in range(0, len(lines), batch_lines):
+        group = lines[i : i + batch_lines]
+        number = first_line + i
+        if max(map(len, group)) <= short_enough and valid_block("\n".join(group)):
+            yield Batch(group, list(range(number, number + len(group))))
+            continue
+        batch = Batch()
+        for offset, line in enumerate(group):
+            check.add(batch, number + offset, line)
+        if batch.lines or batch.rejected:
+            yield batch
+
+
 def batches(data: bytes, desc: ChunkDescriptor, *, batch_lines: int, max_line_bytes: int) -> Iterator[Batch]:
     """Validated batches of at most ``batch_lines`` lines; rejected lines ride along in each batch."""
     try:
         encode = encoder_for(desc)
     except ValueError as e:
         raise SourceError(f"{desc.path}: mapping cannot be used: {e}", reason="bad_mapping") from None
+    check = _LineCheck(encode, max_line_bytes, skip_comments=desc.format == "lp")
+    data = data[:-1] if data.endswith(b"\n") else data
+    text = _utf8(data) if desc.format == "lp" else None
+    if text is not None:
+        yield from _lp_batches(text, desc.first_line, batch_lines, check)
+        return
     batch = Batch()
     number = desc.first_line - 1
-    skip_comments = desc.format == "lp"
-    for line, raw in _decode_lines(data[:-1] if data.endswith(b"\n") else data):
+    for line, raw in _decode_lines(data):
         number += 1
         if line is None:
             batch.rejected.append(RejectedLine(number, "not valid UTF-8", raw.decode("utf-8", "replace")))
             continue
-        if line.endswith("\r"):
-            line = line[:-1]
-        if not line.strip() or (skip_comments and line.startswith("#")):
-            continue
-        if len(line) * 4 > max_line_bytes and len(line.encode()) > max_line_bytes:
-            reason = f"line longer than {max_line_bytes} bytes"
-            batch.rejected.append(RejectedLine(number, reason, line[:RAW_KEEP_CHARS]))
-            continue
-        try:
-            batch.lines.append(encode(line))
-        except (ValueError, csv.Error) as e:
-            batch.rejected.append(RejectedLine(number, str(e), line[:RAW_KEEP_CHARS]))
-            continue
-        batch.numbers.append(number)
+        check.add(batch, number, line)
         if len(batch.lines) >= batch_lines:
             yield batch
             batch = Batch()
