@@ -67,3 +67,49 @@ def test_rejected_lines_can_be_shown_exported_and_purged(make_stack, data_dir: P
     assert shown["line"] == "2" and "usage" in shown["message"]
     assert exported == "cpu,host=a usage=oops 1704067201000000000\n"
     assert "purged 1" in purged.stdout and _dlq(stack, job) == []
+
+
+def test_messages_the_worker_must_refuse_are_dead_lettered_and_the_worker_keeps_consuming(
+    make_stack, data_dir: Path
+) -> None:
+    import pickle
+
+    from kombu import Connection, Exchange, Queue
+
+    from tests.conftest import wait_for
+    from tsbatch.ledger import Ledger, connect
+
+    stack = make_stack()
+    stack.start_worker()
+    queue = Queue("tsbatch.chunks", Exchange("tsbatch.chunks", "direct"), "tsbatch.chunks")
+    with Connection(stack.redis_url) as conn:
+        producer = conn.Producer()
+        producer.publish(
+            pickle.dumps({"boom": True}),
+            exchange=queue.exchange,
+            routing_key="tsbatch.chunks",
+            declare=[queue],
+            content_type="application/x-python-serialize",
+            content_encoding="binary",
+            headers={"task": "tsbatch.ingest_chunk", "id": "poison-1"},
+        )
+        producer.publish(
+            {"args": []},
+            exchange=queue.exchange,
+            routing_key="tsbatch.chunks",
+            declare=[queue],
+            serializer="json",
+            headers={"task": "someone.elses_task", "id": "stray-1"},
+        )
+    book = Ledger(connect(stack.redis_url), prefix="tsbatch")
+
+    entries = wait_for(lambda: len(got := list(book.dead_letters())) == 2 and got, what="two dead letters")
+
+    assert sorted(e.get("reason") for e in entries) == ["undecodable_message", "unknown_task"]
+    refused = next(e for e in entries if e.get("reason") == "undecodable_message")
+    assert refused.get("content_type") == "application/x-python-serialize"
+    assert "ContentDisallowed" in refused.get("message")
+    src = data_dir / "p.lp"
+    datagen.write(src, "lp", series=2, points_per_series=5)
+    after = cli(stack, "produce", str(src), "--route", "default", "--wait", "--json")
+    assert after.returncode == 0 and json.loads(after.stdout.splitlines()[-1])["points"] == 10

@@ -49,6 +49,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
+        # Refused messages (pickle, unknown tasks) are dead-lettered, not only logged (workers/consumer.py).
+        "worker_consumer": "workers.consumer:RecordingConsumer",
         "broker_connection_timeout": 5,
     }
 
