@@ -7,6 +7,7 @@ is stopped by ``Stack.stop()``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -97,30 +98,21 @@ class Process:
 
     def kill(self) -> None:
         """SIGKILL the process and, for a prefork worker, its children too."""
-        for child in _children(self.proc.pid):
-            with _suppress():
+        for child in children(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
         self.stop(signal.SIGKILL)
 
 
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
-    except FileNotFoundError:
-        return []
-    return [int(p) for p in out.split()]
-
-
 def children(pid: int) -> list[int]:
-    return _children(pid)
+    """Direct children of ``pid``, from /proc (no pgrep: procps is not on every minimal machine)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # Field 4 is the parent pid; the command name (field 2) may hold spaces, so split after ')'.
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return sorted(found)
 
 
 def _spawn(
