@@ -4,6 +4,7 @@
 #   make demo    1,000,000 points through the whole pipeline and read back (DEMO_ARGS=--keep to keep it)
 #   make test    the test suite, on its own redis-server and VictoriaMetrics instances
 #   make bench   docs/BENCHMARKS.md's measurements (scripts/bench.py; BENCH_ARGS=--quick for a smoke run)
+#   make chaos   docs/RELIABILITY.md's fault scenarios (scripts/chaos.py; CHAOS_ARGS=--quick, --scenario NAME)
 #   make lint    ruff check, ruff format --check, mypy
 #   make clean   remove var/ (demo data, stacks and logs)
 
@@ -11,10 +12,11 @@ PYTHON ?= python3
 VENV := .venv
 DEMO_ARGS ?=
 BENCH_ARGS ?=
+CHAOS_ARGS ?=
 # apt-get needs root: use sudo only when we are not root already.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages demo test bench lint clean
+.PHONY: setup system-packages demo test bench chaos lint clean
 
 setup: system-packages $(VENV)/.installed
 
@@ -50,7 +52,11 @@ test: setup
 	.venv/bin/pytest -q
 
 bench: setup
+	$(VENV)/bin/python -m pip install -q -e '.[bench]'
 	$(VENV)/bin/python scripts/bench.py $(BENCH_ARGS)
+
+chaos: setup
+	$(VENV)/bin/python scripts/chaos.py $(CHAOS_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

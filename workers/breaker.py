@@ -28,6 +28,7 @@ class Verdict:
     wait_s: float = 0.0
     kind: str = ""  # transient | permanent: what opened the breaker
     reason: str = ""
+    failures: int = 0  # consecutive failures so far (a closed breaker may be counting)
 
     @property
     def allowed(self) -> bool:
@@ -54,10 +55,10 @@ class RouteGuard:
 
     def allow(self, route: str) -> Verdict:
         # A probe holds its turn for a cool-down: if it dies silently, another may probe after that.
-        state, wait_ms, kind, reason = self._allow(
+        state, wait_ms, kind, reason, failures = self._allow(
             keys=[self._breaker(route)], args=[now_ms(), self.cooldown_ms]
         )
-        return Verdict(str(state), int(wait_ms) / 1000, str(kind), str(reason))
+        return Verdict(str(state), int(wait_ms) / 1000, str(kind), str(reason), int(failures))
 
     def failure(self, route: str, *, kind: str, reason: str) -> bool:
         """Record a failed write; True if it opened the breaker."""

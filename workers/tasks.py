@@ -205,6 +205,8 @@ class ChunkRun:
         route = self.desc.route
         verdict = await asyncio.to_thread(self.rt.guard.allow, route)
         if verdict.allowed:
+            if verdict.failures:
+                self.rt.writer(route).breaker_dirty = True  # our first success resets the count
             return
         if verdict.kind == "permanent":
             # A refused token or a missing bucket does not mend itself: dead-letter without a request.
