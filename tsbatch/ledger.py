@@ -41,7 +41,8 @@ def connect(url: str) -> redis.Redis:
         socket_connect_timeout=5,
         health_check_interval=15,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=8),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        # BusyLoadingError: a restarted Redis answers LOADING while it replays its AOF.
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
     )
 
 

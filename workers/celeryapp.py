@@ -43,6 +43,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Keep consuming across Redis restarts (celery#9054, #8030): retry the broker forever.
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
+        # Publishing (the producer's sends and every task retry) rides out a Redis restart of up to ~a
+        # minute instead of kombu's default ~0.6 s, after which a retry would be lost with its task.
+        "task_publish_retry_policy": {
+            "max_retries": 30,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
+        },
         # A task running when the broker connection drops is redelivered anyway (acks_late); the
         # ledger's lease fences the second copy, so cancelling it early is safe and frees the slot.
         "worker_cancel_long_running_tasks_on_connection_loss": True,

@@ -145,6 +145,8 @@ class ChunkRun:
         except LeaseLost:
             # Someone else may hold the chunk now, or our lease lapsed: look again in a second.
             return Outcome("defer", countdown=1.0, failures=self.failures, history=self.history)
+        except redis.RedisError:
+            raise  # the ledger is unreachable: not the chunk's fault (see ingest_chunk)
         except Exception as e:
             # A bug must not lose the chunk: Celery would ack the failed task and forget it.
             log.exception("unexpected error on job=%s key=%s", self.desc.job_id, self.desc.key[:12])
@@ -342,7 +344,15 @@ def ingest_chunk(
 ) -> dict[str, Any]:
     """Execute one chunk descriptor. ``failures`` and ``history`` travel with Celery's retries."""
     rt = get_runtime()
-    outcome = rt.run(execute(rt, message, failures=failures, history=list(history or [])))
+    try:
+        outcome = rt.run(execute(rt, message, failures=failures, history=list(history or [])))
+    except redis.RedisError as e:
+        # Redis restarting or unreachable: nothing was committed, and a failed task would be acked and
+        # forgotten. Come back once it is up; the lease (if one was taken) lapses by itself.
+        w = rt.settings.worker
+        countdown = backoff_s(0, base=w.retry_base_s, cap=w.retry_base_s * 8, floor=1.0)
+        log.warning("ledger unreachable, retrying in %.1fs: %s", countdown, e)
+        raise self.retry(countdown=countdown, max_retries=None) from None
     if outcome.status == "defer":
         kwargs = {"failures": outcome.failures, "history": outcome.history}
         raise self.retry(kwargs=kwargs, countdown=outcome.countdown, max_retries=None)
