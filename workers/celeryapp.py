@@ -51,9 +51,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "interval_step": 0.5,
             "interval_max": 2.0,
         },
-        # A task running when the broker connection drops is redelivered anyway (acks_late); the
-        # ledger's lease fences the second copy, so cancelling it early is safe and frees the slot.
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Let a chunk running when the broker connection drops finish and commit: it is redelivered
+        # after reconnecting (acks_late) and the ledger acks that copy as done. Cancelling it instead
+        # terminated the pool child mid-write and closed its HTTP session (chaos scenario 3).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,

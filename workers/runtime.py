@@ -32,6 +32,7 @@ class Runtime:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.ledger = Ledger(connect(settings.redis.url), prefix=settings.redis.key_prefix)
+        self.closing = False  # set once shutdown began: errors from then on are not the chunk's fault
         self.guard = RouteGuard(
             self.ledger.redis,
             prefix=settings.redis.key_prefix,
@@ -61,6 +62,8 @@ class Runtime:
         return writer
 
     def close(self) -> None:
+        self.closing = True
+
         async def _close() -> None:
             for writer in self._writers.values():
                 await writer.close()

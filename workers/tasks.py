@@ -123,6 +123,20 @@ class ChunkRun:
                 await heartbeat
 
     async def _guarded(self) -> Outcome:
+        """Unexpected errors: Redis and shutdown go up (the message comes back); a bug dead-letters."""
+        try:
+            return await self._classified()
+        except redis.RedisError:
+            raise  # the ledger is unreachable: not the chunk's fault (see ingest_chunk)
+        except Exception as e:
+            if self.rt.closing:
+                raise  # the process is going down under us: the unacked message will come back
+            # A bug must not lose the chunk: Celery would ack the failed task and forget it.
+            log.exception("unexpected error on job=%s key=%s", self.desc.job_id, self.desc.key[:12])
+            return await self._dead("internal_error", f"{type(e).__name__}: {e}")
+
+    async def _classified(self) -> Outcome:
+        """The outcomes tsbatch's own exceptions stand for."""
         try:
             try:
                 return await self._work()
@@ -145,12 +159,6 @@ class ChunkRun:
         except LeaseLost:
             # Someone else may hold the chunk now, or our lease lapsed: look again in a second.
             return Outcome("defer", countdown=1.0, failures=self.failures, history=self.history)
-        except redis.RedisError:
-            raise  # the ledger is unreachable: not the chunk's fault (see ingest_chunk)
-        except Exception as e:
-            # A bug must not lose the chunk: Celery would ack the failed task and forget it.
-            log.exception("unexpected error on job=%s key=%s", self.desc.job_id, self.desc.key[:12])
-            return await self._dead("internal_error", f"{type(e).__name__}: {e}")
 
     async def _heartbeat(self) -> None:
         w = self.rt.settings.worker
