@@ -66,7 +66,23 @@ def ledger(stack: Stack) -> Ledger:
 
 
 def landed(vm_url: str) -> Series:
-    """What VictoriaMetrics holds, by (metric, host): sorted (ms, value) samples, duplicates kept."""
+    """What VictoriaMetrics holds, by (metric, host): sorted (ms, value) samples, duplicates kept.
+
+    Read until two reads half a second apart agree: right after a flush an export once came back empty
+    (seen by scripts/chaos.py), and a test must not judge a half-visible store."""
+    import time
+
+    previous = _read_landed(vm_url)
+    for _ in range(20):
+        time.sleep(0.5)
+        current = _read_landed(vm_url)
+        if current == previous:
+            return current
+        previous = current
+    return previous
+
+
+def _read_landed(vm_url: str) -> Series:
     out: Series = defaultdict(list)
     for row in vm_export(vm_url):
         key = (row["metric"]["__name__"], row["metric"].get("host", ""))
