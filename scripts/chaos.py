@@ -1075,12 +1075,20 @@ def no_drive(run: Run) -> None:
     return None
 
 
+def long_prepare(run: Run) -> None:
+    """Two long chunks and a third, idle worker: a copy Redis hands out again while its chunk still runs
+    is taken at once (with every worker busy, copies were only taken after their chunk had committed)."""
+    run.stack.settings["producer"]["chunk_lines"] = run.sizes.lines // 2 + 1
+    run.stack.write_config()
+    run.stack.start_worker(concurrency=1, name="idle")
+
+
 def long_rules(sizes: Sizes) -> list[dict[str, Any]]:
     return [{"mode": "slow", "delay_s": LONG_WRITE_S}]
 
 
 LONG_VISIBILITY_S = 3
-LONG_WRITE_S = 2.0  # five writes, four in flight: two rounds, a chunk lasts ~4 s, past the 3 s timeout
+LONG_WRITE_S = 0.5  # two chunks of many batches, four in flight: each chunk runs for many timeouts
 
 
 # -- the scenarios ------------------------------------------------------------------------------------
@@ -1178,13 +1186,18 @@ SCENARIOS = [
     Scenario(
         "long-chunk",
         "8. A chunk longer than the visibility timeout",
-        "visibility_timeout_s {long_vis} s, unacked_restore_interval_s 1 s; every write answered "
-        "{long_write:g} s late, so a chunk lasts about twice the visibility timeout and Redis hands "
-        "its message to the other worker while the first still runs it.",
+        "visibility_timeout_s {long_vis} s, unacked_restore_interval_s 1 s; the file in two chunks, "
+        "every write answered {long_write:g} s late, so each chunk runs for many visibility timeouts, and "
+        "a third worker, idle, takes every copy Redis hands out again while the first still runs it.",
         drive=no_drive,
+        prepare=long_prepare,
         checks=long_chunk_checks,
         rules=long_rules,
-        worker={"visibility_timeout_s": LONG_VISIBILITY_S, "unacked_restore_interval_s": 1},
+        worker={
+            "visibility_timeout_s": LONG_VISIBILITY_S,
+            "unacked_restore_interval_s": 1,
+            "writes_in_flight": 1,
+        },
     ),
 ]
 
