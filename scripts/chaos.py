@@ -72,6 +72,7 @@ from tsbatch.localstack import (
     vm_rows_inserted,
 )
 from workers import TASK_NAME
+from workers.runtime import TEARDOWN_ERRORS
 
 WORKDIR = ROOT / "var" / "chaos"
 DOC = ROOT / "docs" / "RELIABILITY.md"
@@ -89,14 +90,8 @@ PROBE_TIMEOUT_S = 60.0  # the issue's bound for "a worker still consumes"
 PROBE_DELAY_S = 1.0  # each probe write answered this late, so that every worker must take a probe chunk
 # A short lease so that a killed worker's chunk is taken over in seconds, not in the default minute.
 COMMON_WORKER = {"lease_ttl_s": 10.0, "heartbeat_s": 2.0, "retry_max_s": 30.0}
-# What a worker must never log (tests/conftest.py's LOOP_HYGIENE), and what marks an error.
-LOOP_HYGIENE = (
-    "Event loop is closed",
-    "Unclosed client session",
-    "Task was destroyed but it is pending",
-    "attached to a different loop",
-    "Unclosed connector",
-)
+# What a worker must never log is workers.runtime.TEARDOWN_ERRORS; this marks an error line.
+LOOP_HYGIENE = TEARDOWN_ERRORS
 LOG_ERROR = re.compile(r"^\[[^\]]*: (ERROR|CRITICAL)/[^\]]*\] (.*)$")
 
 

@@ -14,6 +14,7 @@ import pytest
 from tsbatch import datagen
 from tsbatch.ledger import Ledger, connect
 from tsbatch.localstack import Stack, start_stack, vm_export
+from workers.runtime import TEARDOWN_ERRORS
 
 Series = dict[tuple[str, str], list[tuple[int, float]]]
 
@@ -40,19 +41,8 @@ def make_stack(tmp_path: Path, data_dir: Path) -> Iterator[Callable[..., Stack]]
     for stack in stacks:
         for worker in stack.workers:
             text = worker.log.read_text(errors="replace")
-            found = [m for m in LOOP_HYGIENE if m in text]
+            found = [m for m in TEARDOWN_ERRORS if m in text]
             assert not found, f"{worker.log}: {found}"
-
-
-# What a worker must never log, however it was stopped: each means an event loop or a client session
-# was torn down wrongly (celery#6552, influxdb-client-python#165).
-LOOP_HYGIENE = (
-    "Event loop is closed",
-    "Unclosed client session",
-    "Task was destroyed but it is pending",
-    "attached to a different loop",
-    "Unclosed connector",
-)
 
 
 def cli(stack: Stack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

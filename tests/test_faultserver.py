@@ -8,15 +8,11 @@ after ``/internal/force_flush`` (or a few seconds).
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import gzip
 import http.client
 import json
 import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
@@ -31,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.faultserver import FaultServer
+from tsbatch.localstack import start_victoria
 
 VM_BINARY = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
 TS0 = 1_700_000_000_000
@@ -70,56 +67,13 @@ class VictoriaMetrics:
         return {name: sorted(samples) for name, samples in series.items()}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _start_victoria_metrics(data_dir: Path, log: Any) -> tuple[subprocess.Popen[bytes], str]:
-    """Start VictoriaMetrics on a free port; retry when the port was taken in between."""
-    for _attempt in range(3):
-        port = _free_port()
-        process = subprocess.Popen(
-            [
-                VM_BINARY,
-                f"-storageDataPath={data_dir}",
-                "-retentionPeriod=100y",
-                f"-httpListenAddr=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 15
-        while process.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                if VictoriaMetrics(url).get("/health").strip() == b"OK":
-                    return process, url
-            time.sleep(0.05)
-        _stop_process(process)
-    raise RuntimeError(f"VictoriaMetrics did not start; see {log.name}")
-
-
 @pytest.fixture(scope="module")
-def _victoria_metrics() -> Iterator[VictoriaMetrics]:
-    with tempfile.TemporaryDirectory(prefix="tsbatch-vm-") as tmp, open(Path(tmp) / "vm.log", "wb") as log:
-        process, url = _start_victoria_metrics(Path(tmp) / "data", log)
-        try:
-            yield VictoriaMetrics(url)
-        finally:
-            _stop_process(process)
+def _victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
+    vm = start_victoria(tmp_path_factory.mktemp("vm"))
+    try:
+        yield VictoriaMetrics(vm.url)
+    finally:
+        vm.stop()
 
 
 def _assert_clean_exit(server: FaultServer) -> None:

@@ -21,6 +21,16 @@ from workers.breaker import RouteGuard
 from workers.writer import RouteWriter
 
 log = logging.getLogger("tsbatch.worker")
+
+# What a worker must never log, however it is stopped: each means an event loop or a client session
+# was torn down wrongly (celery#6552, influxdb-client-python#165). The tests and scripts/chaos.py check.
+TEARDOWN_ERRORS = (
+    "Event loop is closed",
+    "Unclosed client session",
+    "Task was destroyed but it is pending",
+    "attached to a different loop",
+    "Unclosed connector",
+)
 T = TypeVar("T")
 
 
