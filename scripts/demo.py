@@ -36,7 +36,7 @@ from typing import Any
 
 from config import CONFIG_ENV, ConfigError, load_settings
 from tsbatch import datagen
-from tsbatch.localstack import Process, Stack, start_stack, vm_export
+from tsbatch.localstack import Process, Stack, start_stack, vm_export_settled
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKDIR = ROOT / "var" / "demo"
@@ -220,22 +220,24 @@ def check_ledger(figures: dict[str, Any], points: int) -> Check:
     return Check(ok, text)
 
 
-def read_back(vm_url: str) -> tuple[Counter[tuple[str, str]], int]:
-    """Distinct timestamps per (metric, host), and the number of samples including duplicates."""
+def read_back(vm_url: str, expect: int) -> tuple[Counter[tuple[str, str]], int]:
+    """Distinct timestamps per (metric, host), and the number of samples including duplicates, read
+    once ``expect`` samples are visible (or the export stops changing)."""
     per_series: Counter[tuple[str, str]] = Counter()
     samples = 0
-    for row in vm_export(vm_url, DEMO_SERIES):
+    for row in vm_export_settled(vm_url, DEMO_SERIES, expect_samples=expect):
         per_series[(row["metric"]["__name__"], row["metric"].get("host", ""))] += len(set(row["timestamps"]))
         samples += len(row["timestamps"])
     return per_series, samples
 
 
 def check_read_back(target: Target, series: int, steps: int) -> list[Check]:
+    want = len(FIELDS) * series * steps
     try:
-        per_series, samples = read_back(target.route_url)
+        per_series, samples = read_back(target.route_url, want)
     except urllib.error.URLError as e:  # e.g. a real InfluxDB: it has no /api/v1/export
         return [Check(not target.own, f"read-back: skipped, {target.route_url} is not VictoriaMetrics ({e})")]
-    distinct, want = sum(per_series.values()), len(FIELDS) * series * steps
+    distinct = sum(per_series.values())
     expected = {(f"{datagen.MEASUREMENT}_{f}", datagen.host(i)) for f in FIELDS for i in range(series)}
     missing = expected - per_series.keys()
     uneven = [k for k in expected & per_series.keys() if per_series[k] != steps]

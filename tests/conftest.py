@@ -13,7 +13,7 @@ import pytest
 
 from tsbatch import datagen
 from tsbatch.ledger import Ledger, connect
-from tsbatch.localstack import Stack, start_stack, vm_export
+from tsbatch.localstack import Stack, start_stack, vm_export_settled, vm_rows_inserted
 from workers.runtime import TEARDOWN_ERRORS
 
 Series = dict[tuple[str, str], list[tuple[int, float]]]
@@ -56,25 +56,10 @@ def ledger(stack: Stack) -> Ledger:
 
 
 def landed(vm_url: str) -> Series:
-    """What VictoriaMetrics holds, by (metric, host): sorted (ms, value) samples, duplicates kept.
-
-    Read until two reads half a second apart agree: right after a flush an export once came back empty
-    (seen by scripts/chaos.py), and a test must not judge a half-visible store."""
-    import time
-
-    previous = _read_landed(vm_url)
-    for _ in range(20):
-        time.sleep(0.5)
-        current = _read_landed(vm_url)
-        if current == previous:
-            return current
-        previous = current
-    return previous
-
-
-def _read_landed(vm_url: str) -> Series:
+    """What VictoriaMetrics holds, by (metric, host): sorted (ms, value) samples, duplicates kept,
+    read once every row it acknowledged is visible."""
     out: Series = defaultdict(list)
-    for row in vm_export(vm_url):
+    for row in vm_export_settled(vm_url, expect_samples=vm_rows_inserted(vm_url)):
         key = (row["metric"]["__name__"], row["metric"].get("host", ""))
         out[key].extend(zip(row["timestamps"], row["values"], strict=True))
     return {k: sorted(v) for k, v in out.items()}

@@ -199,6 +199,30 @@ def vm_export(base_url: str, match: str = '{__name__=~".+"}') -> Iterator[dict[s
             yield json.loads(line)
 
 
+def vm_export_settled(
+    base_url: str,
+    match: str = '{__name__=~".+"}',
+    *,
+    expect_samples: int | None = None,
+    timeout_s: float = 60.0,
+) -> list[dict[str, Any]]:
+    """The export once it has caught up: VictoriaMetrics acknowledges rows before every one of them is
+    searchable, and an export right after a large ingest was seen to hold 1.5M of 2M samples.
+
+    With ``expect_samples`` (e.g. ``vm_rows_inserted``), wait until that many samples are visible;
+    without it, until two reads half a second apart agree. Either way give up after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    previous: list[dict[str, Any]] | None = None
+    while True:
+        current = list(vm_export(base_url, match))
+        count = sum(len(row["timestamps"]) for row in current)
+        settled = count >= expect_samples if expect_samples is not None else current == previous
+        if settled or time.monotonic() > deadline:
+            return current
+        previous = current
+        time.sleep(0.5)
+
+
 def vm_rows_inserted(base_url: str) -> int:
     """Rows VictoriaMetrics has accepted over the InfluxDB protocol since it started (duplicates too)."""
     total = 0
