@@ -116,3 +116,26 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = start_redis(tmp_path_factory.mktemp("redis"))
     yield f"redis://127.0.0.1:{proc.port}/0"
     proc.stop()
+
+
+def descriptor_for(data: bytes, *, format: str, first_line: int = 1, **fields: Any) -> Any:
+    """A descriptor over ``data`` for tests that only parse (no file, no key)."""
+    from tsbatch.descriptor import ChunkDescriptor
+
+    return ChunkDescriptor.model_validate(
+        {
+            "schema_version": 1,
+            "job_id": "j",
+            "path": f"/x.{format}",
+            "file_size": len(data),
+            "file_mtime_ns": 0,
+            "chunk_sha256": "0" * 64,
+            "start": 0,
+            "end": len(data),
+            "first_line": first_line,
+            "line_count": data.count(b"\n") + 1,
+            "format": format,
+            "route": "r",
+            **fields,
+        }
+    )

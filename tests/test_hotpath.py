@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import descriptor_for
 from tsbatch.descriptor import ChunkDescriptor
 from workers.lineprotocol import encode_point, valid_block, validate_line
 from workers.parsers import batches
@@ -75,20 +76,7 @@ def test_the_parser_writes_and_refuses_exactly_what_line_by_line_checking_would(
     lines: list[str], batch_lines: int
 ) -> None:
     data = "\n".join(lines).encode()
-    desc = ChunkDescriptor(
-        schema_version=1,
-        job_id="j",
-        path="/x.lp",
-        file_size=0,
-        file_mtime_ns=0,
-        chunk_sha256="0" * 64,
-        start=0,
-        end=len(data),
-        first_line=7,
-        line_count=len(lines),
-        format="lp",
-        route="r",
-    )
+    desc = descriptor_for(data, format="lp", first_line=7)
 
     got = list(batches(data, desc, batch_lines=batch_lines, max_line_bytes=1 << 20))
 

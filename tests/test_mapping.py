@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tsbatch.descriptor import ChunkDescriptor, FieldSpec, Mapping
+from tests.conftest import descriptor_for
+from tsbatch.descriptor import FieldSpec, Mapping
 from workers.mapping import RecordEncoder, rfc3339_ns
 from workers.parsers import batches
 
@@ -84,21 +85,7 @@ def test_csv_rows_with_wrong_column_counts_or_stray_quotes_are_rejected_with_the
         "2024-01-01T00:00:03Z,h1,eu,2.0,2,false,y",
     ]
     data = ("\n".join(rows) + "\n").encode()
-    desc = ChunkDescriptor(
-        schema_version=1,
-        job_id="j",
-        path="/x.csv",
-        file_size=0,
-        file_mtime_ns=0,
-        chunk_sha256="0" * 64,
-        start=0,
-        end=len(data),
-        first_line=2,
-        line_count=4,
-        format="csv",
-        mapping=MAPPING,
-        route="r",
-    )
+    desc = descriptor_for(data, format="csv", first_line=2, mapping=MAPPING)
 
     [batch] = list(batches(data, desc, batch_lines=100, max_line_bytes=1 << 20))
 

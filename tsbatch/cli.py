@@ -38,6 +38,13 @@ def _settings() -> Settings:
         return load_settings()
 
 
+def _producer() -> Any:
+    """The producer API over the settings (imported late: ``--help`` need not load Celery)."""
+    from producers import Producer
+
+    return Producer(_settings())
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Exactly-once, distributed ingestion of telemetry files into InfluxDB v2.
@@ -235,9 +242,7 @@ def _print_summary(status: JobStatus, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(job: str, as_json: bool) -> None:
     """Chunks pending / committed / dead-lettered and points written for JOB."""
-    from producers import Producer
-
-    with Producer(_settings()) as producer:
+    with _producer() as producer:
         st = producer.status(job)
     if not st.exists:
         raise click.ClickException(f"no job {job}")
@@ -255,9 +260,7 @@ def dlq() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def dlq_list(job: str | None, limit: int, as_json: bool) -> None:
     """List dead-lettered lines, chunks and messages (file, line number, reason)."""
-    from producers import Producer
-
-    with Producer(_settings()) as producer:
+    with _producer() as producer:
         for n, entry in enumerate(producer.dead_letters(job)):
             if n >= limit:
                 click.echo("... more entries; raise --limit", err=True)
@@ -287,9 +290,7 @@ def _select(producer: Any, ids: tuple[str, ...], job: str | None) -> list[Any]:
 @click.argument("entry_id")
 def dlq_show(entry_id: str) -> None:
     """Everything recorded about one entry (the descriptor, the rejected line, the history)."""
-    from producers import Producer
-
-    with Producer(_settings()) as producer:
+    with _producer() as producer:
         entry = producer.ledger.dead_letter_entry(entry_id)
     if entry is None:
         raise click.ClickException(f"no dead-letter entry {entry_id}")
@@ -302,9 +303,7 @@ def dlq_show(entry_id: str) -> None:
 @click.option("--wait", is_flag=True, help="Wait for the replayed chunks.")
 def dlq_replay(entry_ids: tuple[str, ...], job: str | None, wait: bool) -> None:
     """Enqueue dead-lettered chunks again (exactly-once still holds); prints the new job id."""
-    from producers import Producer
-
-    with Producer(_settings()) as producer:
+    with _producer() as producer:
         sub = producer.replay(_select(producer, entry_ids, job))
         click.echo(sub.job_id)
         click.echo(f"replayed {sub.enqueued} chunks, {sub.skipped} already done or queued", err=True)
@@ -319,9 +318,7 @@ def dlq_replay(entry_ids: tuple[str, ...], job: str | None, wait: bool) -> None:
 @click.option("--job", required=True)
 def dlq_export(job: str) -> None:
     """Print the job's rejected lines, as they were in the file, to fix and produce again."""
-    from producers import Producer
-
-    with Producer(_settings()) as producer:
+    with _producer() as producer:
         for entry in producer.dead_letters(job):
             if entry.get("kind") == "line":
                 click.echo(entry.get("raw"))
@@ -333,9 +330,7 @@ def dlq_export(job: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def dlq_purge(entry_ids: tuple[str, ...], job: str | None, yes: bool) -> None:
     """Delete dead-letter entries for good."""
-    from producers import Producer
-
-    with Producer(_settings()) as producer:
+    with _producer() as producer:
         entries = _select(producer, entry_ids, job)
         if not yes:
             click.confirm(f"delete {len(entries)} entries?", abort=True)
