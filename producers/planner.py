@@ -11,6 +11,7 @@ from pathlib import Path
 
 from config.constants import READ_BLOCK_BYTES
 from tsbatch.errors import SourceError
+from tsbatch.newlines import nth_newline
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,20 +50,6 @@ def read_header(path: Path) -> tuple[tuple[str, ...], int]:
     return columns, len(first)
 
 
-def _nth_newline(block: memoryview, start: int, n: int) -> int:
-    """Index of the n-th newline in block[start:], found by bisection with bytes.count (no copies)."""
-    raw = block.obj
-    assert isinstance(raw, bytes | bytearray)
-    lo, hi = start, len(raw)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if raw.count(b"\n", start, mid + 1) >= n:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
 def scan(
     path: Path, *, chunk_lines: int, offset: int = 0, first_line: int = 1, block_bytes: int = READ_BLOCK_BYTES
 ) -> Iterator[ChunkRange]:
@@ -81,7 +68,7 @@ def scan(
                     digest.update(view[i:])
                     lines += have
                     break
-                cut = _nth_newline(view, i, need) + 1
+                cut = nth_newline(block, i, need) + 1
                 digest.update(view[i:cut])
                 end = pos + cut
                 yield ChunkRange(start, end, line_no, chunk_lines, digest.hexdigest())

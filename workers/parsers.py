@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from tsbatch.descriptor import ChunkDescriptor
 from tsbatch.errors import SourceError
 from tsbatch.ledger import RejectedLine
+from tsbatch.newlines import nth_newline
 from workers.lineprotocol import valid_block, validate_line
 from workers.mapping import RecordEncoder, RowEncoder
 
@@ -23,9 +24,24 @@ RAW_KEEP_CHARS = 65_536  # a rejected line is kept whole up to 64 KiB, enough to
 
 @dataclass(slots=True)
 class Batch:
-    lines: list[str] = field(default_factory=list)
-    numbers: list[int] = field(default_factory=list)  # source line number of each line
+    """One write's worth of line protocol and the lines of the source left out of it."""
+
+    body: bytes = b""  # line protocol, every line ending in "\n"
+    numbers: Sequence[int] = ()  # source line number of each line of ``body``
     rejected: list[RejectedLine] = field(default_factory=list)
+
+    @classmethod
+    def of_lines(cls, lines: Sequence[str], numbers: Sequence[int]) -> Batch:
+        return cls(("\n".join(lines) + "\n").encode() if lines else b"", numbers)
+
+    def lines(self) -> list[str]:
+        return self.body.decode("utf-8").split("\n")[:-1]
+
+    def halves(self) -> tuple[Batch, Batch]:
+        """The first and second half of the lines (for bisecting a batch the server refused)."""
+        mid = len(self.numbers) // 2
+        cut = nth_newline(self.body, 0, mid) + 1
+        return Batch(self.body[:cut], self.numbers[:mid]), Batch(self.body[cut:], self.numbers[mid:])
 
 
 Encoder = Callable[[str], str]  # raw line -> line protocol, or ValueError(reason)
@@ -112,7 +128,7 @@ class _LineCheck:
     max_line_bytes: int
     skip_comments: bool
 
-    def add(self, batch: Batch, number: int, line: str) -> None:
+    def add(self, batch: _Lines, number: int, line: str) -> None:
         if line.endswith("\r"):
             line = line[:-1]
         if not line.strip() or (self.skip_comments and line.startswith("#")):
@@ -129,22 +145,49 @@ class _LineCheck:
         batch.numbers.append(number)
 
 
-def _lp_batches(text: str, first_line: int, batch_lines: int, check: _LineCheck) -> Iterator[Batch]:
-    """Line protocol, ``batch_lines`` source lines at a time: a batch whose lines all pass one
-    ``valid_block`` call is taken as it is; any other batch goes line by line through ``check``."""
-    lines = text.split("\n")
-    short_enough = check.max_line_bytes // 4  # a str of n characters is at most 4n bytes of UTF-8
-    for i in range(0, len(lines), batch_lines):
-        group = lines[i : i + batch_lines]
-        number = first_line + i
-        if max(map(len, group)) <= short_enough and valid_block("\n".join(group)):
-            yield Batch(group, list(range(number, number + len(group))))
-            continue
-        batch = Batch()
-        for offset, line in enumerate(group):
-            check.add(batch, number + offset, line)
-        if batch.lines or batch.rejected:
-            yield batch
+@dataclass(slots=True)
+class _Lines:
+    """A batch being built line by line (the slow path)."""
+
+    lines: list[str] = field(default_factory=list)
+    numbers: list[int] = field(default_factory=list)
+    rejected: list[RejectedLine] = field(default_factory=list)
+
+    def batch(self) -> Batch:
+        done = Batch.of_lines(self.lines, self.numbers)
+        done.rejected = self.rejected
+        return done
+
+
+def _lp_batches(
+    data: bytes, first_line: int, line_count: int, batch_lines: int, check: _LineCheck
+) -> Iterator[Batch]:
+    """Line protocol (valid UTF-8, no final newline), ``batch_lines`` source lines at a time.
+
+    A batch whose lines all pass one ``valid_block`` call is sent as the very bytes of the file; any
+    other batch goes line by line through ``check``."""
+    # The guess of a batch's size in bytes lets nth_newline count each byte about twice.
+    hint = int(batch_lines * len(data) / max(line_count, 1) * 1.25) + 64
+    pos, number, size = 0, first_line, len(data)
+    while pos <= size:
+        cut = nth_newline(data, pos, batch_lines, hint=hint)
+        block = data[pos:cut]
+        count = batch_lines if cut < size else block.count(b"\n") + 1
+        if _short_lines(block, check.max_line_bytes) and valid_block(block):
+            yield Batch(block + b"\n", range(number, number + count))
+        else:
+            lines = _Lines()
+            for offset, line in enumerate(block.decode("utf-8").split("\n")):
+                check.add(lines, number + offset, line)
+            if lines.lines or lines.rejected:
+                yield lines.batch()
+        pos, number = cut + 1, number + count
+
+
+def _short_lines(block: bytes, max_line_bytes: int) -> bool:
+    """No line of ``block`` is longer than ``max_line_bytes`` (checked line by line only when the
+    whole block is longer: with the defaults, a 5,000-line batch is a third of one line's limit)."""
+    return len(block) <= max_line_bytes or max(map(len, block.split(b"\n"))) <= max_line_bytes
 
 
 def batches(data: bytes, desc: ChunkDescriptor, *, batch_lines: int, max_line_bytes: int) -> Iterator[Batch]:
@@ -155,11 +198,10 @@ def batches(data: bytes, desc: ChunkDescriptor, *, batch_lines: int, max_line_by
         raise SourceError(f"{desc.path}: mapping cannot be used: {e}", reason="bad_mapping") from None
     check = _LineCheck(encode, max_line_bytes, skip_comments=desc.format == "lp")
     data = data[:-1] if data.endswith(b"\n") else data
-    text = _utf8(data) if desc.format == "lp" else None
-    if text is not None:
-        yield from _lp_batches(text, desc.first_line, batch_lines, check)
+    if desc.format == "lp" and _utf8(data) is not None:
+        yield from _lp_batches(data, desc.first_line, desc.line_count, batch_lines, check)
         return
-    batch = Batch()
+    batch = _Lines()
     number = desc.first_line - 1
     for line, raw in _decode_lines(data):
         number += 1
@@ -168,7 +210,7 @@ def batches(data: bytes, desc: ChunkDescriptor, *, batch_lines: int, max_line_by
             continue
         check.add(batch, number, line)
         if len(batch.lines) >= batch_lines:
-            yield batch
-            batch = Batch()
+            yield batch.batch()
+            batch = _Lines()
     if batch.lines or batch.rejected:
-        yield batch
+        yield batch.batch()

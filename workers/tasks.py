@@ -195,7 +195,7 @@ class ChunkRun:
                 if self.lost.is_set():
                     raise LeaseLost(desc.key)
                 rejected.extend(batch.rejected)
-                if batch.lines:
+                if batch.numbers:
                     sends.append(tg.create_task(self._send(writer, batch)))
                 await self._room(sends, settings.worker.writes_in_flight)
             t_write = time.perf_counter()
@@ -235,18 +235,17 @@ class ChunkRun:
 
     async def _send(self, writer: RouteWriter, batch: Batch) -> tuple[bytes, list[RejectedLine]]:
         """Write a batch; where the server refuses lines, bisect to find exactly those."""
-        body = ("\n".join(batch.lines) + "\n").encode()
         try:
-            await writer.write(body, precision=self.desc.precision)
+            await writer.write(batch.body, precision=self.desc.precision)
         except RejectedBatch as e:
-            if len(batch.lines) == 1:
+            if len(batch.numbers) == 1:
                 reason = f"refused by the server: {e}"
-                return b"", [RejectedLine(batch.numbers[0], reason, batch.lines[0])]
-            mid = len(batch.lines) // 2
-            left = await self._send(writer, Batch(batch.lines[:mid], batch.numbers[:mid]))
-            right = await self._send(writer, Batch(batch.lines[mid:], batch.numbers[mid:]))
+                return b"", [RejectedLine(batch.numbers[0], reason, batch.lines()[0])]
+            first, second = batch.halves()
+            left = await self._send(writer, first)
+            right = await self._send(writer, second)
             return left[0] + right[0], left[1] + right[1]
-        return body, []
+        return batch.body, []
 
     async def _commit(self, points: int, size: int, sha256: str, rejected: list[RejectedLine]) -> Outcome:
         desc = self.desc
