@@ -8,10 +8,16 @@ from typing import Final
 SCHEMA_VERSION: Final = 1
 """Version of the chunk-descriptor schema. A worker dead-letters descriptors of any other version."""
 
-CHUNK_LINES: Final = 100_000
-"""Lines per chunk: ~7 MB of typical line protocol, under a second of work. Each chunk costs ~11 ms of
-ack, fetch, claim and commit: at 50k lines that was 6% of worker time (docs/BENCHMARKS.md), and the
-sweep showed no loss in throughput from 50k to 200k. A redelivery repeats at most this much."""
+CHUNK_LINES: Final = 200_000
+"""Lines per chunk: ~14 MB of typical line protocol, about half a second of one process's work. Each
+chunk costs ~10 ms between chunks (Celery's ack, fetch and dispatch; claim; commit): once the hot path
+was 2.5x faster, that was 3.6-4.6% of worker time at 100k lines and 1.8-2.9% at 200k (scripts/bench.py
+overhead, 2M-line file). A redelivery repeats at most this much."""
+
+TAPER: Final = True
+"""A file's last two chunks' worth is planned as chunks of 1/2, 1/4 and 1/8 (producers/planner.py):
+without it, one process finished its last whole chunk alone while the other idled, 2.9% of worker
+time on a 2M-line file. It costs 2-3 extra chunks a file (~10 ms each)."""
 
 BATCH_LINES: Final = 5_000
 """Lines per HTTP write: InfluxDB's documented optimum for /api/v2/write (5,000 lines)."""

@@ -116,6 +116,7 @@ class WorkerSettings(_Section):
 
 class ProducerSettings(_Section):
     chunk_lines: int = Field(default=constants.CHUNK_LINES, ge=1)
+    taper: bool = constants.TAPER
     max_queue_depth: int = Field(default=constants.MAX_QUEUE_DEPTH, ge=1)
     inflight_ttl_s: int = Field(default=constants.INFLIGHT_TTL_S, ge=1)
     queue: str = constants.QUEUE

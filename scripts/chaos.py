@@ -127,6 +127,7 @@ class Sizes:
 
     @property
     def chunks(self) -> int:
+        """Full chunks' worth (the tapered end adds a few smaller ones)."""
         return -(-self.lines // self.chunk_lines)
 
     @property
@@ -1073,7 +1074,7 @@ def no_drive(run: Run) -> None:
 def long_prepare(run: Run) -> None:
     """Two long chunks and a third, idle worker: a copy Redis hands out again while its chunk still runs
     is taken at once (with every worker busy, copies were only taken after their chunk had committed)."""
-    run.stack.settings["producer"]["chunk_lines"] = run.sizes.lines // 2 + 1
+    run.stack.settings["producer"].update(chunk_lines=run.sizes.lines // 2 + 1, taper=False)
     run.stack.write_config()
     run.stack.start_worker(concurrency=1, name="idle")
 
@@ -1458,9 +1459,10 @@ def render(results: list[Result], sizes: Sizes, meta: dict[str, str]) -> str:
         f"Each scenario runs on a fresh stack: redis-server, VictoriaMetrics (InfluxDB v2 write API) behind "
         f"the fault-injection server of `tests/faultserver.py`, and {WORKERS} workers of one process each. "
         f"The data: {sizes.lines:,} points ({SERIES} series x {sizes.steps:,} steps, fields `usage` and "
-        f"`count`: {2 * sizes.lines:,} samples) in one line-protocol file, planned into {sizes.chunks} "
-        f"chunks of {sizes.chunk_lines:,} lines, written in batches of {sizes.batch_lines:,} lines (five "
-        "writes a chunk, four in flight). Settings: the defaults, except "
+        f"`count`: {2 * sizes.lines:,} samples) in one line-protocol file, planned into chunks "
+        f"of {sizes.chunk_lines:,} lines (the file's last few smaller: `producer.taper`), written in "
+        f"batches of {sizes.batch_lines:,} lines (five writes a chunk, four in flight). "
+        "Settings: the defaults, except "
         + ", ".join(f"{k} = {v:g}" for k, v in COMMON_WORKER.items())
         + " everywhere, and what a scenario's Settings say.",
         "",

@@ -24,15 +24,16 @@ lines_strategy = st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", 
     final_newline=st.booleans(),
     chunk_lines=st.integers(1, 60),
     block=st.sampled_from([1, 3, 64, 4096]),
+    taper=st.booleans(),
 )
 def test_chunks_tile_the_file_at_line_boundaries_whatever_the_read_block(
-    lines: list[bytes], final_newline: bool, chunk_lines: int, block: int
+    lines: list[bytes], final_newline: bool, chunk_lines: int, block: int, taper: bool
 ) -> None:
     data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "f"
         path.write_bytes(data)
-        chunks = list(planner.scan(path, chunk_lines=chunk_lines, block_bytes=block))
+        chunks = list(planner.scan(path, chunk_lines=chunk_lines, block_bytes=block, taper=taper))
 
     pos, line_no = 0, 1
     for ch in chunks:
@@ -44,6 +45,22 @@ def test_chunks_tile_the_file_at_line_boundaries_whatever_the_read_block(
         assert lines_in_piece == ch.line_count <= chunk_lines
         pos, line_no = ch.end, line_no + ch.line_count
     assert pos == len(data)
+
+
+def test_a_files_last_chunks_taper_so_that_workers_finish_together(tmp_path: Path) -> None:
+    path = tmp_path / "f.lp"
+    datagen.write(path, "lp", series=10, points_per_series=1_000)  # 10,000 lines
+
+    sizes = [c.line_count for c in planner.scan(path, chunk_lines=1_000, taper=True)]
+    again = [c.line_count for c in planner.scan(path, chunk_lines=1_000, taper=True)]
+
+    assert sum(sizes) == 10_000 and sizes == again  # the same file, the same chunks (and keys)
+    assert sizes[:7] == [1_000] * 7  # full chunks until two chunks' worth is left
+    assert sizes[7:] == sorted(sizes[7:], reverse=True) and sizes[-1] <= 1_000 // 4
+    untapered = [c.line_count for c in planner.scan(path, chunk_lines=1_000)]
+    assert untapered == [1_000] * 10
+    # A file of at most two chunks stays whole: a job of many small files pays nothing for tapering.
+    assert [c.line_count for c in planner.scan(path, chunk_lines=6_000, taper=True)] == [6_000, 4_000]
 
 
 def _peak_submit_bytes(stack, path: Path) -> int:

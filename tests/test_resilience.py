@@ -16,7 +16,8 @@ from tsbatch.localstack import vm_rows_inserted
 
 
 def _proxied_stack(make_stack, fault_proxy, **worker: Any):
-    stack = make_stack(producer={"chunk_lines": 1_000}, worker={"batch_lines": 250, **worker})
+    # Equal chunks (no taper): the scenarios count chunks and batches.
+    stack = make_stack(producer={"chunk_lines": 1_000, "taper": False}, worker={"batch_lines": 250, **worker})
     proxy = fault_proxy(stack.routes["default"].url, seed=7)
     stack.point_route("default", proxy.url)
     return stack, proxy
@@ -117,7 +118,7 @@ def test_lines_the_server_refuses_are_isolated_and_dead_lettered_and_the_rest_la
 def test_a_401_route_opens_the_breaker_and_later_chunks_are_dead_lettered_without_a_request(
     make_stack, fault_proxy, data_dir: Path
 ) -> None:
-    stack = make_stack(producer={"chunk_lines": 200}, worker={"breaker_threshold": 3})
+    stack = make_stack(producer={"chunk_lines": 200, "taper": False}, worker={"breaker_threshold": 3})
     proxy = fault_proxy(stack.routes["default"].url, token="not-the-configured-one")
     stack.point_route("default", proxy.url)
     stack.start_worker()

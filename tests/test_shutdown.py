@@ -13,7 +13,10 @@ from tsbatch.localstack import vm_rows_inserted
 def test_sigterm_finishes_the_chunk_in_flight_and_a_new_worker_takes_the_rest(
     make_stack, fault_proxy, data_dir: Path
 ) -> None:
-    stack = make_stack(producer={"chunk_lines": 2_000}, worker={"batch_lines": 250, "writes_in_flight": 1})
+    stack = make_stack(
+        producer={"chunk_lines": 2_000, "taper": False},  # three equal chunks
+        worker={"batch_lines": 250, "writes_in_flight": 1},
+    )
     proxy = fault_proxy(stack.routes["default"].url)
     proxy.set_faults([{"mode": "slow", "delay_s": 0.3}])  # ~2.4 s a chunk
     stack.point_route("default", proxy.url)

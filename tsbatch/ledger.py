@@ -78,6 +78,7 @@ class JobStatus:
     rejected: int
     created_ms: int
     last_ms: int
+    first_enqueue_ms: int = 0  # when the producer handed the job's first chunk to the broker
 
     @property
     def pending(self) -> int:
@@ -164,6 +165,9 @@ class Ledger:
     def unplan(self, key: str, job_id: str) -> None:
         self._run("unplan", [self.chunk_key(key), self.job_key(job_id)], [job_id])
 
+    def mark_first_enqueue(self, job_id: str) -> None:
+        self.redis.hsetnx(self.job_key(job_id), "first_enqueue_ms", now_ms())
+
     def finish_planning(self, job_id: str) -> None:
         self.redis.hset(self.job_key(job_id), "planned", 1)
 
@@ -186,6 +190,7 @@ class Ledger:
             rejected=n("rejected"),
             created_ms=n("created_ms"),
             last_ms=n("last_ms"),
+            first_enqueue_ms=n("first_enqueue_ms"),
         )
 
     # -- worker side ----------------------------------------------------------------------------------
