@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from datetime import date
+from itertools import repeat
+from typing import Final, TypeVar
 
 from tsbatch.descriptor import FieldKind, Mapping, Precision
 from workers.lineprotocol import (
@@ -18,6 +20,8 @@ from workers.lineprotocol import (
     format_float,
 )
 
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
 NS_PER: dict[Precision, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _RFC3339 = re.compile(
@@ -179,6 +183,9 @@ class RowEncoder:
         self.tag_values = _getter(tuple(index[column] for _, column in records.tags))
         self.fields = [(key, index[c], c, field_converter(kind)) for key, c, kind in records.fields]
         self.time_at = index[records.time_column]
+        self.tag_positions = tuple(index[column] for _, column in records.tags)
+        self.width = len(columns)
+        self.kinds = [kind for _, _, kind in records.fields]
         self._tag_sets: dict[tuple[str, ...], str] = {}
         self._last_stamp: str | None = None
         self._last_time = 0
@@ -203,6 +210,47 @@ class RowEncoder:
             self._last_time = records.parse_time(stamp)
             self._last_stamp = stamp
         return f"{measurement}{tags} {fields} {self._last_time}"
+
+    def encode_block(self, lines: list[str]) -> list[str] | None:
+        """``encode`` of every line of a batch, column by column; None if any line needs the per-line
+        path (quotes, carriage returns, a wrong column count, an empty or unconvertible cell, a
+        measurement column), which then finds each line's own reason.
+
+        Each column is converted with one ``map`` (float, int, or the field's converter), the tag sets
+        and timestamps once per distinct value, and the lines joined from the columns: about 3x faster
+        than ``encode`` per row (issue #4). ``tests/test_mapping.py`` checks the lines are the same.
+        """
+        measurement, width = self.records.measurement, self.width
+        if measurement is None or width < 2 or not lines:
+            return None
+        text = "\n".join(lines)
+        if '"' in text or "\r" in text or set(map(str.count, lines, repeat(","))) != {width - 1}:
+            return None
+        cells = text.replace("\n", ",").split(",")
+        parts: list[Iterable[str]] = [repeat(measurement), self._tag_column(cells)]
+        for i, ((key, at, _, convert), kind) in enumerate(zip(self.fields, self.kinds, strict=True)):
+            column = cells[at::width]
+            texts = None if "" in column else _column_texts(column, kind, convert)
+            if texts is None:
+                return None
+            parts += [repeat(f"{',' if i else ' '}{key}="), texts]
+        stamps = cells[self.time_at :: width]
+        if "" in stamps:
+            return None
+        try:
+            parts += [repeat(" "), _once_each(stamps, self._time_text)]
+        except ValueError:
+            return None
+        return list(map("".join, zip(*parts, strict=False)))  # the repeats are endless, the columns equal
+
+    def _tag_column(self, cells: list[str]) -> Iterable[str]:
+        if not self.tag_positions:
+            return repeat("")
+        values = [cells[at :: self.width] for at in self.tag_positions]
+        return _once_each(list(zip(*values, strict=True)), self._tag_set)
+
+    def _time_text(self, stamp: str) -> str:
+        return str(self.records.parse_time(stamp))
 
     def _tag_set(self, values: tuple[str, ...]) -> str:
         text = self._tag_sets.get(values)
@@ -230,3 +278,56 @@ class RowEncoder:
         if not fields:
             raise ValueError("no field has a value")
         return fields
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+def _once_each(keys: list[K], convert: Callable[[K], V]) -> list[V]:
+    """``[convert(k) for k in keys]``, calling ``convert`` once per distinct key."""
+    seen = {key: convert(key) for key in dict.fromkeys(keys)}
+    return list(map(seen.__getitem__, keys))
+
+
+# Columns whose cells need no conversion, one cell per line. Integers: no sign or leading zero that
+# int() would drop, and 64 bits. Decimals: at most 15 significant digits (so repr(float(s)) is s
+# without its trailing zeros: doubles tell any two such decimals apart, and repr is the shortest that
+# round-trips), inside repr's fixed-point range (from 0.0001, and below 1e16).
+_CANONICAL_INTS: Final = re.compile(r"(?:(?:0|-?[1-9][0-9]{0,17})\n)+")
+_PLAIN_FLOATS: Final = re.compile(
+    r"(?:-?(?=[0-9.]{1,16}\n)(?:[1-9][0-9]*+(?:\.[0-9]*+)?|0(?:\.(?:0{0,3}[1-9][0-9]*+|0*+))?)\n)+"
+)
+_TRAILING_ZEROS: Final = re.compile(r"(\.[0-9]*[1-9])0+\n")  # 12.50 -> 12.5
+_ZERO_FRACTION: Final = re.compile(r"\.0*\n")  # 12.0 -> 12, 12. -> 12 (format_float's trim of ".0")
+
+
+def _column_texts(column: list[str], kind: FieldKind, convert: Callable[[str], str]) -> list[str] | None:
+    """Every cell of a column as a field value, as ``convert`` would write it; None if any is refused.
+
+    A column of integers or floats already written the way the converter writes them is taken as it
+    is, checked by one regex; others are converted with one ``map`` and checked as a whole (a float's
+    text is ``format_float``'s: ``str`` without a trailing ``.0``, trimmed for the whole column)."""
+    try:
+        if kind == "float":
+            text = "\n".join(column) + "\n"
+            if _PLAIN_FLOATS.fullmatch(text):
+                if "0\n" in text or ".\n" in text:
+                    text = _ZERO_FRACTION.sub("\n", _TRAILING_ZEROS.sub("\\1\n", text))
+                    return text.split("\n")[:-1]
+                return column
+            floats = list(map(float, column))
+            if not all(map(math.isfinite, floats)):
+                return None
+            return ("\0".join(map(str, floats)) + "\0").replace(".0\0", "\0").split("\0")[:-1]
+        if kind == "int":
+            text = "\n".join(column) + "\n"
+            if _CANONICAL_INTS.fullmatch(text):
+                return text.replace("\n", "i\n").split("\n")[:-1]
+            ints = list(map(int, column))
+            if min(ints) < _INT64_MIN or max(ints) > _INT64_MAX:
+                return None
+            return ("i\0".join(map(str, ints)) + "i").split("\0")
+        return list(map(convert, column))
+    except ValueError:
+        return None

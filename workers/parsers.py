@@ -91,6 +91,18 @@ def _jsonl_encoder(desc: ChunkDescriptor) -> Encoder:
     return encode
 
 
+BlockEncoder = Callable[[list[str]], "list[str] | None"]  # a batch's lines at once, or None: line by line
+
+
+def block_encoder_for(desc: ChunkDescriptor) -> BlockEncoder | None:
+    """The batch-at-once encoder of CSV rows (``RowEncoder.encode_block``), where the mapping has one."""
+    if desc.format != "csv" or desc.mapping is None:
+        return None
+    records = RecordEncoder(desc.mapping, desc.precision)
+    columns = desc.mapping.columns
+    return RowEncoder(records, columns).encode_block if RowEncoder.covers(records, columns) else None
+
+
 def encoder_for(desc: ChunkDescriptor) -> Encoder:
     if desc.format == "csv":
         return _csv_encoder(desc)
@@ -184,6 +196,27 @@ def _lp_batches(
         pos, number = cut + 1, number + count
 
 
+def _text_batches(
+    text: str, first_line: int, batch_lines: int, check: _LineCheck, encode_block: BlockEncoder
+) -> Iterator[Batch]:
+    """CSV text, ``batch_lines`` source lines at a time: a batch ``encode_block`` takes as a whole is
+    sent as it encodes it; any other goes line by line through ``check``."""
+    lines = text.split("\n")
+    short_enough = check.max_line_bytes // 4  # a str of n characters is at most 4n bytes of UTF-8
+    for i in range(0, len(lines), batch_lines):
+        group = lines[i : i + batch_lines]
+        number = first_line + i
+        encoded = encode_block(group) if max(map(len, group)) <= short_enough else None
+        if encoded is not None:
+            yield Batch.of_lines(encoded, range(number, number + len(group)))
+            continue
+        batch = _Lines()
+        for offset, line in enumerate(group):
+            check.add(batch, number + offset, line)
+        if batch.lines or batch.rejected:
+            yield batch.batch()
+
+
 def _short_lines(block: bytes, max_line_bytes: int) -> bool:
     """No line of ``block`` is longer than ``max_line_bytes`` (checked line by line only when the
     whole block is longer: with the defaults, a 5,000-line batch is a third of one line's limit)."""
@@ -198,8 +231,13 @@ def batches(data: bytes, desc: ChunkDescriptor, *, batch_lines: int, max_line_by
         raise SourceError(f"{desc.path}: mapping cannot be used: {e}", reason="bad_mapping") from None
     check = _LineCheck(encode, max_line_bytes, skip_comments=desc.format == "lp")
     data = data[:-1] if data.endswith(b"\n") else data
-    if desc.format == "lp" and _utf8(data) is not None:
+    text = _utf8(data)
+    if desc.format == "lp" and text is not None:
         yield from _lp_batches(data, desc.first_line, desc.line_count, batch_lines, check)
+        return
+    encode_block = block_encoder_for(desc)
+    if encode_block is not None and text is not None:
+        yield from _text_batches(text, desc.first_line, batch_lines, check, encode_block)
         return
     batch = _Lines()
     number = desc.first_line - 1
