@@ -70,7 +70,13 @@ class Sizes:
     sweep_flights: tuple[int, ...] = (1, 4, 8)
 
 
-FULL = Sizes(main=2_000_000, mem_small=1_000_000, mem_large=20_000_000, sweep=1_000_000)
+FULL = Sizes(
+    main=2_000_000,
+    mem_small=1_000_000,
+    mem_large=20_000_000,
+    sweep=1_000_000,
+    sweep_chunks=(10_000, 50_000, 200_000, 500_000),
+)
 QUICK = Sizes(
     main=200_000, mem_small=100_000, mem_large=1_000_000, sweep=100_000, sweep_chunks=(10_000, 50_000)
 )
@@ -536,7 +542,8 @@ def render(r: Results) -> str:
         "maps rows with `csv.reader`, `datetime.fromisoformat` and an f-string. Clock: file open to last "
         "write acknowledged.",
         "- **P, tsbatch**: `tsbatch produce FILE --wait` → Redis → one `tsbatch worker --concurrency 2` "
-        "(2 worker processes) → the server, gzip level 1, default settings. Clock, as the issue defines it: "
+        "(2 worker processes) → the server, gzip level 1 (ISA-L's igzip), default settings. "
+        "Clock, as the issue defines it: "
         "the first enqueue (`first_enqueue_ms`, which the producer records in the job's ledger entry) to the "
         "last commit (`last_ms`).",
         "",
