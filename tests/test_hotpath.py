@@ -102,11 +102,16 @@ def _one_by_one(
 
 
 @settings(max_examples=300, deadline=None)
-@given(lines=lines, batch_lines=st.integers(1, 8), max_line_bytes=st.sampled_from([1 << 20, 40, 64]))
+@given(
+    lines=lines,
+    batch_lines=st.integers(1, 8),
+    max_line_bytes=st.sampled_from([1 << 20, 40, 64]),
+    final_newline=st.booleans(),
+)
 def test_the_parser_writes_and_refuses_exactly_what_line_by_line_checking_would(
-    lines: list[str], batch_lines: int, max_line_bytes: int
+    lines: list[str], batch_lines: int, max_line_bytes: int, final_newline: bool
 ) -> None:
-    data = "\n".join(lines).encode()
+    data = ("\n".join(lines) + ("\n" if final_newline else "")).encode()
     desc = descriptor_for(data, format="lp", first_line=7)
 
     got = list(batches(data, desc, batch_lines=batch_lines, max_line_bytes=max_line_bytes))
