@@ -42,6 +42,7 @@ import psutil  # type: ignore[import-untyped]  # no stubs in the bench extra
 import redis
 
 from tsbatch import datagen
+from tsbatch.ledger import Ledger
 from tsbatch.localstack import Stack, start_stack, vm_rows_inserted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,9 +304,9 @@ def run_pipeline(stack: Stack, path: Path, kind: str) -> PipelineRun:
     if summary["committed"] != summary["chunks"] or summary["rejected_lines"]:
         raise RuntimeError(f"pipeline run incomplete: {summary}")
     client = redis.Redis(port=stack.redis.port, decode_responses=True)
-    job: dict[str, str] = client.hgetall(f"{KEY_PREFIX}:job:{summary['job']}")  # type: ignore[assignment]
+    job = Ledger(client, prefix=KEY_PREFIX).job(summary["job"])
     client.close()
-    times = [int(job[k]) for k in ("created_ms", "first_enqueue_ms", "last_ms")]
+    times = (job.created_ms, job.first_enqueue_ms, job.last_ms)
     return PipelineRun(summary, watch.producer_peak, watch.worker_peaks, watch.worker_tree_peak, *times)
 
 

@@ -181,11 +181,10 @@ class RowEncoder:
         self.measurement_at = index[records.measurement_column] if records.measurement_column else -1
         self.tag_keys = tuple(key for key, _ in records.tags)
         self.tag_values = _getter(tuple(index[column] for _, column in records.tags))
-        self.fields = [(key, index[c], c, field_converter(kind)) for key, c, kind in records.fields]
+        self.fields = [(key, index[c], c, kind, field_converter(kind)) for key, c, kind in records.fields]
         self.time_at = index[records.time_column]
         self.tag_positions = tuple(index[column] for _, column in records.tags)
         self.width = len(columns)
-        self.kinds = [kind for _, _, kind in records.fields]
         self._tag_sets: dict[tuple[str, ...], str] = {}
         self._last_stamp: str | None = None
         self._last_time = 0
@@ -228,7 +227,7 @@ class RowEncoder:
             return None
         cells = text.replace("\n", ",").split(",")
         parts: list[Iterable[str]] = [repeat(measurement), self._tag_column(cells)]
-        for i, ((key, at, _, convert), kind) in enumerate(zip(self.fields, self.kinds, strict=True)):
+        for i, (key, at, _, kind, convert) in enumerate(self.fields):
             column = cells[at::width]
             texts = None if "" in column else _column_texts(column, kind, convert)
             if texts is None:
@@ -267,7 +266,7 @@ class RowEncoder:
 
     def _fields(self, row: Sequence[str]) -> list[str]:
         fields = []
-        for key, at, column, convert in self.fields:
+        for key, at, column, _, convert in self.fields:
             value = row[at]
             if value == "":
                 continue

@@ -189,11 +189,7 @@ def _lp_batches(
         if _short_lines(block, check.max_line_bytes) and valid_block(block):
             yield Batch(block + b"\n", range(number, number + count))
         else:
-            lines = _Lines()
-            for offset, line in enumerate(block.decode("utf-8").split("\n")):
-                check.add(lines, number + offset, line)
-            if lines.lines or lines.rejected:
-                yield lines.batch()
+            yield from _line_by_line(block.decode("utf-8").split("\n"), number, check)
         pos, number = cut + 1, number + count
 
 
@@ -210,12 +206,17 @@ def _text_batches(
         encoded = encode_block(group) if max(map(len, group)) <= short_enough else None
         if encoded is not None:
             yield Batch.of_lines(encoded, range(number, number + len(group)))
-            continue
-        batch = _Lines()
-        for offset, line in enumerate(group):
-            check.add(batch, number + offset, line)
-        if batch.lines or batch.rejected:
-            yield batch.batch()
+        else:
+            yield from _line_by_line(group, number, check)
+
+
+def _line_by_line(lines: list[str], number: int, check: _LineCheck) -> Iterator[Batch]:
+    """A batch of source lines (the first one numbered ``number``) that ``check`` takes one by one."""
+    batch = _Lines()
+    for offset, line in enumerate(lines):
+        check.add(batch, number + offset, line)
+    if batch.lines or batch.rejected:
+        yield batch.batch()
 
 
 def _short_lines(block: bytes, max_line_bytes: int) -> bool:
