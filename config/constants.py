@@ -55,8 +55,43 @@ MAX_QUEUE_DEPTH: Final = 2_000
 """The producer pauses while the queue holds more descriptors than this: ~100M lines of work queued
 is plenty to keep any cluster busy, and Redis memory stays bounded (descriptors are ~1 KB)."""
 
-INFLIGHT_TTL_S: Final = 7 * 24 * 3_600
-"""How long an enqueued-but-uncommitted chunk keeps later producer runs from enqueuing it again."""
+MAX_CHUNK_BYTES: Final = 64 << 20
+"""A chunk is cut at this many bytes even before ``chunk_lines``, and a worker refuses a descriptor whose
+range is larger: a worker holds its chunk in memory, so ``chunk_lines`` x 1 MiB lines (or a forged
+``end``) must not be able to kill it. 64 MiB is ~4x a typical 200,000-line chunk."""
+
+MAX_ATTEMPTS: Final = 12
+"""Claims of one unit before it is dead-lettered as ``poison``: a unit that kills its process (OOM,
+segfault) never reaches a commit or a Celery retry, so only this durable count in the ledger stops it.
+Above ``max_retries`` (8) so that transient failures are dead-lettered as such first."""
+
+LEDGER_RETENTION_DAYS: Final = 90
+"""Committed and dead-lettered unit records expire after this many days, so Redis does not grow without
+bound. A rerun after that does the work again: the same points overwrite themselves in InfluxDB."""
+
+DLQ_MAXLEN: Final = 100_000
+"""Approximate cap of the dead-letter stream (XADD MAXLEN ~): ~100 MB at most with RAW_KEEP_BYTES.
+Trimmed entries are counted (stats ``dlq_trimmed``) and ``tsbatch dlq list`` warns about them."""
+
+RAW_KEEP_BYTES: Final = 4_096
+"""How much of a rejected line's text the DLQ keeps, beside the whole line's length and SHA-256: a wrong
+``--format`` rejects every line of a file, and each used to keep up to 64 KiB."""
+
+REPUBLISH_AFTER_S: Final = 60.0
+"""How long a published unit may wait unclaimed before the sweeper publishes it again (its message was
+lost: an interrupted producer, a node that died holding it). A duplicate message is harmless (it meets
+the claim) but costs a round trip, so this is well above a chunk's ~0.5 s in a worker's hands."""
+
+SWEEP_INTERVAL_S: Final = 5.0
+"""How often each worker's main process sweeps the outbox: a unit whose holder died is published
+again within ``lease_ttl_s`` plus this. One Lua call per sweep."""
+
+PLANNING_STALE_S: Final = 30.0
+"""A job still planning whose producer has not been heard from for this long was interrupted (SIGKILL)."""
+
+RETRY_AFTER_MAX_S: Final = 300.0
+"""A server's Retry-After is honoured up to this: ``Retry-After: 99999999`` must not pause a route for
+years or become a countdown beyond the broker's visibility timeout."""
 
 TASK_MAX_RETRIES: Final = 8
 """Celery retries of a chunk before it is dead-lettered: with a 300 s cap that is ~20 min of outage."""

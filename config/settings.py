@@ -41,13 +41,14 @@ class _Section(BaseModel):
 
 
 class RedisSettings(_Section):
-    url: str = "redis://127.0.0.1:6379/0"
+    # A secret: the URL may carry the password (redis://:password@host:6379/0).
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     key_prefix: str = constants.KEY_PREFIX
 
     @field_validator("url")
     @classmethod
-    def _redis_scheme(cls, v: str) -> str:
-        if not v.startswith(("redis://", "rediss://", "unix://")):
+    def _redis_scheme(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return v
 
@@ -100,6 +101,7 @@ class WorkerSettings(_Section):
     unacked_restore_interval_s: int = Field(default=constants.UNACKED_RESTORE_INTERVAL_S, ge=1)
     max_line_bytes: int = Field(default=constants.MAX_LINE_BYTES, ge=64)
     max_retries: int = Field(default=constants.TASK_MAX_RETRIES, ge=0)
+    max_attempts: int = Field(default=constants.MAX_ATTEMPTS, ge=1)
     retry_base_s: float = Field(default=constants.RETRY_BASE_S, gt=0)
     retry_max_s: float = Field(default=constants.RETRY_MAX_S, gt=0)
     batch_retries: int = Field(default=constants.BATCH_RETRIES, ge=0)
@@ -111,6 +113,8 @@ class WorkerSettings(_Section):
     def _heartbeat_inside_lease(self) -> WorkerSettings:
         if self.heartbeat_s >= self.lease_ttl_s:
             raise ValueError("heartbeat_s must be shorter than lease_ttl_s")
+        if self.max_attempts <= self.max_retries:
+            raise ValueError("max_attempts must be greater than max_retries")
         return self
 
 
@@ -118,8 +122,16 @@ class ProducerSettings(_Section):
     chunk_lines: int = Field(default=constants.CHUNK_LINES, ge=1)
     taper: bool = constants.TAPER
     max_queue_depth: int = Field(default=constants.MAX_QUEUE_DEPTH, ge=1)
-    inflight_ttl_s: int = Field(default=constants.INFLIGHT_TTL_S, ge=1)
+    max_chunk_bytes: int = Field(default=constants.MAX_CHUNK_BYTES, ge=1 << 16)
     queue: str = constants.QUEUE
+
+
+class LedgerSettings(_Section):
+    retention_days: float = Field(default=constants.LEDGER_RETENTION_DAYS, gt=0)
+    dlq_maxlen: int = Field(default=constants.DLQ_MAXLEN, ge=100)
+    raw_keep_bytes: int = Field(default=constants.RAW_KEEP_BYTES, ge=64)
+    republish_after_s: float = Field(default=constants.REPUBLISH_AFTER_S, gt=0)
+    sweep_interval_s: float = Field(default=constants.SWEEP_INTERVAL_S, gt=0)
 
 
 class FlowerSettings(_Section):
@@ -141,6 +153,7 @@ class Settings(BaseSettings):
     routes: dict[str, RouteSettings] = Field(default_factory=dict)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
 
     @classmethod

@@ -9,6 +9,8 @@ The CLI (``tsbatch produce``) is a thin layer over this class.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -18,16 +20,16 @@ from pathlib import Path
 from celery import Celery
 
 from config import Settings
-from config.constants import SCHEMA_VERSION
+from config.constants import PLANNING_STALE_S, SCHEMA_VERSION
 from producers import planner
 from tsbatch.descriptor import ChunkDescriptor, Format, Mapping, Precision
+from tsbatch.envelope import TASK_NAME, create_app
 from tsbatch.errors import SourceError
-from tsbatch.ledger import DeadLetter, JobStatus, Ledger, connect
+from tsbatch.ledger import DeadLetter, JobStatus, now_ms, open_ledger
 from tsbatch.sources import confine
-from workers.celeryapp import TASK_NAME, create_app
-from workers.mapping import RecordEncoder
 
 BACKPRESSURE_POLL_S = 0.2
+WAIT_POLL_S = 0.2
 QUEUE_CHECK_EVERY = 16  # descriptors between queue-length checks: one round trip per ~1M lines
 
 
@@ -38,18 +40,20 @@ def new_job_id() -> str:
 @dataclass
 class Submission:
     job_id: str
-    enqueued: int = 0
-    skipped: int = 0
+    enqueued: int = 0  # units published by this run (new ones and ones planned before but not done)
+    republished: int = 0  # of those, units an earlier run had planned and not finished
+    skipped: int = 0  # committed before
     lines: int = 0
     rejected_files: list[str] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)  # "path:line" of units dead-lettered before, not retried
 
 
 class Producer:
-    """Plans and enqueues chunk descriptors; queries and waits for jobs."""
+    """Plans units into the ledger, publishes them; queries and waits for jobs."""
 
     def __init__(self, settings: Settings, *, celery: Celery | None = None) -> None:
         self.settings = settings
-        self.ledger = Ledger(connect(settings.redis.url), prefix=settings.redis.key_prefix)
+        self.ledger = open_ledger(settings)
         self.celery = celery or create_app(settings)
         self._sent = 0
 
@@ -71,9 +75,16 @@ class Producer:
         mapping: Mapping | None = None,
         precision: Precision = "ns",
         job_id: str | None = None,
+        retry_dead: bool = False,
         on_chunk: Callable[[Submission], None] | None = None,
     ) -> Submission:
-        """Plan every file and enqueue the chunks not already queued or committed.
+        """Plan every file and publish its chunks that are not done yet.
+
+        Each chunk is recorded in the ledger with its descriptor before its message is published (the
+        outbox): a run interrupted anywhere leaves nothing stranded, because running the same command
+        again publishes every chunk that is planned but not committed, and the workers' sweeper
+        publishes overdue ones by itself. Chunks dead-lettered by an earlier run are listed in
+        ``Submission.dead`` and not retried, unless ``retry_dead``.
 
         A file that cannot be used (outside the roots, missing, bad header) is reported in
         ``rejected_files`` and dead-lettered; the other files go on.
@@ -81,13 +92,12 @@ class Producer:
         self.settings.route(route)  # an unknown route is the user's mistake: stop before any work
         if format != "lp" and mapping is None:
             raise ValueError(f"format {format} needs a mapping (measurement, fields, time column)")
-        if mapping is not None:
-            RecordEncoder(mapping, precision)  # raises ValueError naming a name no server would read right
         sub = Submission(job_id or new_job_id())
         self.connect_broker()
         self.ledger.create_job(sub.job_id, route=route, paths=[str(p) for p in paths])
         try:
             for path in _expand(paths):
+                self.ledger.planning(sub.job_id, str(path))
                 try:
                     for desc in self.plan(
                         path,
@@ -97,24 +107,30 @@ class Producer:
                         mapping=mapping,
                         precision=precision,
                     ):
-                        self._enqueue(desc, sub)
+                        self._enqueue(desc, sub, retry_dead=retry_dead)
                         if on_chunk:
                             on_chunk(sub)
                 except SourceError as e:
-                    sub.rejected_files.append(f"{path}: {e}")
-                    self.ledger.dead_letter_message(
-                        {
-                            "reason": e.reason,
-                            "message": str(e),
-                            "job": sub.job_id,
-                            "path": str(path),
-                            "route": route,
-                        },
-                        sub.job_id,
-                    )
-        finally:
-            self.ledger.finish_planning(sub.job_id)
+                    self._reject_file(sub, path, route, e)
+        except BaseException as e:
+            # Ctrl-C, a crash, Redis gone: say so in the job (a SIGKILL is seen by the silence instead).
+            with contextlib.suppress(Exception):
+                self.ledger.finish_planning(sub.job_id, interrupted=type(e).__name__)
+            raise
+        self.ledger.finish_planning(sub.job_id)
         return sub
+
+    def _reject_file(self, sub: Submission, path: Path, route: str, err: SourceError) -> None:
+        sub.rejected_files.append(f"{path}: {err}")
+        entry = {
+            "reason": err.reason,
+            "message": str(err),
+            "job": sub.job_id,
+            "path": str(path),
+            "route": route,
+        }
+        self.ledger.dead_letter_message(entry)
+        self.ledger.count_rejected_file(sub.job_id)
 
     def plan(
         self,
@@ -139,6 +155,12 @@ class Producer:
         for rng in planner.scan(
             resolved, chunk_lines=p.chunk_lines, offset=offset, first_line=first_line, taper=p.taper
         ):
+            if rng.end - rng.start > p.max_chunk_bytes:
+                raise SourceError(
+                    f"{path}:{rng.first_line}: {rng.line_count} lines make a chunk of {rng.end - rng.start} "
+                    f"bytes, over producer.max_chunk_bytes ({p.max_chunk_bytes}): lower producer.chunk_lines",
+                    reason="chunk_too_large",
+                )
             yield ChunkDescriptor(
                 schema_version=SCHEMA_VERSION,
                 job_id=job_id,
@@ -166,32 +188,35 @@ class Producer:
             producer.connection.ensure_connection(max_retries=3)
             producer.maybe_declare(self.celery.amqp.queues[self.settings.producer.queue])
 
-    def _enqueue(self, desc: ChunkDescriptor, sub: Submission) -> None:
-        state = self.ledger.plan(desc.key, sub.job_id, inflight_ttl_s=self.settings.producer.inflight_ttl_s)
-        if state != "new":
+    def _enqueue(self, desc: ChunkDescriptor, sub: Submission, *, retry_dead: bool = False) -> None:
+        # Room first, then record, then publish at once: the sweeper's "planned but never claimed while
+        # later units were" rule assumes a unit is published right after it is recorded.
+        self._wait_for_room(sub.job_id)
+        message = desc.to_message()
+        state = self.ledger.plan(desc.key, sub.job_id, descriptor=json.dumps(message), retry_dead=retry_dead)
+        if state == "committed":
             sub.skipped += 1
             return
-        self._send(desc, sub)
-
-    def _send(self, desc: ChunkDescriptor, sub: Submission) -> None:
-        self._wait_for_room()
-        try:
-            self.celery.send_task(TASK_NAME, args=[desc.to_message()], queue=self.settings.producer.queue)
-        except BaseException:
-            self.ledger.unplan(desc.key, sub.job_id)
-            raise
+        if state == "dead":
+            sub.dead.append(f"{desc.path}:{desc.first_line}")
+            return
+        # new, or planned by an earlier run and not done: publish (a duplicate meets the claim).
+        self.celery.send_task(TASK_NAME, args=[message], queue=self.settings.producer.queue)
         sub.enqueued += 1
+        sub.republished += state == "planned"
         sub.lines += desc.line_count
         if sub.enqueued == 1:
             self.ledger.mark_first_enqueue(sub.job_id)
 
-    def _wait_for_room(self) -> None:
+    def _wait_for_room(self, job_id: str) -> None:
         """Backpressure: hold while the queue is deeper than ``producer.max_queue_depth``."""
         self._sent += 1
         if self._sent % QUEUE_CHECK_EVERY:
             return
+        self.ledger.planning(job_id)  # a sign of life for `tsbatch status`
         while self.queue_depth() > self.settings.producer.max_queue_depth:
             time.sleep(BACKPRESSURE_POLL_S)
+            self.ledger.planning(job_id)
 
     def queue_depth(self) -> int:
         return int(self.ledger.redis.llen(self.settings.producer.queue))
@@ -204,10 +229,11 @@ class Producer:
         job_id: str,
         *,
         timeout_s: float | None = None,
-        poll_s: float = 0.5,
+        poll_s: float = WAIT_POLL_S,
         on_update: Callable[[JobStatus], None] | None = None,
     ) -> JobStatus:
-        """Block until every chunk of the job is committed or dead-lettered (or ``timeout_s`` passes)."""
+        """Block until every unit of the job is committed or dead-lettered, or until what is left can
+        never finish because planning was interrupted; ``TimeoutError`` after ``timeout_s``."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             status = self.status(job_id)
@@ -215,41 +241,44 @@ class Producer:
                 on_update(status)
             if status.done or not status.exists:
                 return status
+            if status.pending == 0 and self.planning_problem(status):
+                return status
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id}: {status.pending} chunks still pending after {timeout_s}s")
             time.sleep(poll_s)
+
+    def planning_problem(self, status: JobStatus) -> str:
+        return status.planning_problem(now_ms_=now_ms(), stale_ms=int(PLANNING_STALE_S * 1000))
 
     def dead_letters(self, job_id: str | None = None) -> Iterable[DeadLetter]:
         return self.ledger.dead_letters(job_id=job_id)
 
     def replay(self, entries: Sequence[DeadLetter], *, job_id: str | None = None) -> Submission:
-        """Enqueue the dead-lettered chunks among ``entries`` again, under a new job.
+        """Publish the dead-lettered chunks among ``entries`` again, under a new job.
 
-        They go through the normal path, so a replay is exactly-once too: a chunk that meanwhile
-        committed is not written again. Replayed entries leave the queue (a chunk that fails again is
-        dead-lettered again). Rejected lines are not replayed here: they failed validation, so they are
-        exported (``tsbatch dlq export``), fixed, and produced again.
+        They go through the outbox like any chunk, so a replay is exactly-once too: a chunk that
+        meanwhile committed is not written again. An entry leaves the queue only once its chunk is
+        recorded and published again (a chunk that fails again is dead-lettered again). Rejected lines
+        are not replayed here: they failed validation, so they are exported (``tsbatch dlq export``),
+        fixed, and produced again.
         """
         chunks = [e for e in entries if e.get("kind") == "chunk" and e.get("descriptor")]
         sub = Submission(job_id or new_job_id())
         routes = sorted({e.get("route") for e in chunks})
+        self.connect_broker()
         self.ledger.create_job(
             sub.job_id, route=",".join(routes), paths=sorted({e.get("path") for e in chunks})
         )
         try:
             for entry in chunks:
                 desc = ChunkDescriptor.model_validate_json(entry.get("descriptor"))
-                desc = desc.model_copy(update={"job_id": sub.job_id})
-                state = self.ledger.replan(
-                    desc.key, sub.job_id, inflight_ttl_s=self.settings.producer.inflight_ttl_s
-                )
-                if state == "new":
-                    self._send(desc, sub)
-                else:
-                    sub.skipped += 1
+                self._enqueue(desc.model_copy(update={"job_id": sub.job_id}), sub, retry_dead=True)
                 self.ledger.remove_dead_letters([entry.id])
-        finally:
-            self.ledger.finish_planning(sub.job_id)
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                self.ledger.finish_planning(sub.job_id, interrupted=type(e).__name__)
+            raise
+        self.ledger.finish_planning(sub.job_id)
         return sub
 
 

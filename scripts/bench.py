@@ -341,7 +341,7 @@ def chunk_records(stack: Stack, path: Path, run: PipelineRun) -> list[dict[str, 
     client = redis.Redis(port=stack.redis.port, decode_responses=True)
     try:
         records = []
-        for key in client.scan_iter(f"{KEY_PREFIX}:chunk:*", count=1000):
+        for key in client.scan_iter(f"{KEY_PREFIX}:unit:*", count=1000):
             rec: dict[str, str] = client.hgetall(key)  # type: ignore[assignment]
             if (
                 rec.get("path") == str(path.resolve())

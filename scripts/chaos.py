@@ -61,6 +61,7 @@ from producers import Producer
 from tests.faultserver import FaultServer
 from tsbatch import datagen
 from tsbatch.descriptor import ChunkDescriptor
+from tsbatch.envelope import TASK_NAME
 from tsbatch.ledger import Ledger, connect, now_ms
 from tsbatch.localstack import (
     Process,
@@ -71,7 +72,6 @@ from tsbatch.localstack import (
     vm_export,
     vm_rows_inserted,
 )
-from workers import TASK_NAME
 from workers.runtime import TEARDOWN_ERRORS
 
 WORKDIR = ROOT / "var" / "chaos"
@@ -355,14 +355,14 @@ def stranded(run: Run) -> list[str]:
     """Where the unfinished chunks' messages are (a message held in the broker's unacked hash comes
     back only after the visibility timeout)."""
     ledger = run.ledger()
-    pending = [k for k in run.keys if ledger.chunk(k).get("state") not in ("committed", "dead")]
+    pending = [k for k in run.keys if ledger.unit(k).get("state") not in ("committed", "dead")]
     unacked = cast(dict[str, str], ledger.redis.hgetall("unacked"))
     since = dict(cast(list[tuple[str, float]], ledger.redis.zrange("unacked_index", 0, -1, withscores=True)))
     where = {message_key(raw): tag for tag, raw in unacked.items()}
     vis = run.stack.settings["worker"].get("visibility_timeout_s", VISIBILITY_TIMEOUT_S)
     out = [f"{len(pending)} chunk(s) unfinished, {ledger.redis.llen(QUEUE)} message(s) in the queue"]
     for key in pending:
-        attempts = ledger.chunk(key).get("attempts", "0")
+        attempts = ledger.unit(key).get("attempts", "0")
         tag = where.get(key)
         if tag is None:
             out.append(f"chunk {key[:12]} (claimed {attempts}x): no message for it in the queue or `unacked`")
@@ -494,10 +494,10 @@ def measure_data(run: Run, fig: Figures) -> None:
 def measure_ledger(run: Run, fig: Figures) -> None:
     ledger = run.ledger()
     stats = ledger.stats()
-    states = Counter(ledger.chunk(k).get("state", "missing") for k in run.keys)
+    states = Counter(ledger.unit(k).get("state", "missing") for k in run.keys)
     all_committed = sum(
         1
-        for name in ledger.redis.scan_iter(f"{PREFIX}:chunk:*")
+        for name in ledger.redis.scan_iter(f"{PREFIX}:unit:*")
         if ledger.redis.hget(name, "state") == "committed"
     )
     fig.chunks = len(run.keys)
@@ -506,7 +506,7 @@ def measure_ledger(run: Run, fig: Figures) -> None:
     fig.dead = states["dead"]
     fig.unfinished = fig.chunks - fig.committed_once - fig.dead
     fig.redeliveries = stats.get("redelivered_done", 0) + stats.get("busy", 0)
-    fig.reclaims = sum(int(ledger.chunk(k).get("attempts", 0)) for k in run.keys) - fig.chunks
+    fig.reclaims = sum(int(ledger.unit(k).get("attempts", 0)) for k in run.keys) - fig.chunks
     fig.write_retries = stats.get("retries", 0)
     fig.chunk_retries = sum(log_count(w, "retry job=") for w in run.stack.workers)
     if fig.dead:
@@ -536,7 +536,7 @@ def measure_recovery(run: Run, fig: Figures) -> None:
     if not run.faults:
         return
     ledger = run.ledger()
-    commits = {k: int(ledger.chunk(k).get("committed_ms", 0)) for k in run.keys}
+    commits = {k: int(ledger.unit(k).get("committed_ms", 0)) for k in run.keys}
     times = sorted(t for t in commits.values() if t)
     for fault in run.faults:
         after = [t for t in times if t >= fault.end_ms]
@@ -620,7 +620,7 @@ def probe_files(run: Run, count: int) -> list[Path]:
 def takers(run: Run, job_id: str, keys: list[str]) -> set[str]:
     """The workers that executed chunks of the job: named by a commit record, or by their own log."""
     ledger = run.ledger()
-    pids = {int(ledger.chunk(k).get("worker", ":0").rsplit(":", 1)[1]) for k in keys}
+    pids = {int(ledger.unit(k).get("worker", ":0").rsplit(":", 1)[1]) for k in keys}
     return {
         w.name
         for w in run.live_workers()

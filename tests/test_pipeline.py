@@ -132,5 +132,7 @@ def test_unknown_route_and_bad_settings_are_reported_by_name(make_stack, data_di
 
     assert wrong_route.returncode != 0 and "routes.nowhere: unknown route" in wrong_route.stderr
     assert bad_setting.returncode != 0 and "worker.batch_lines" in bad_setting.stderr
-    assert outside.returncode == 0 and "outside the source roots" in outside.stderr
-    assert ledger(stack).job(outside.stdout.strip()).enqueued == 0
+    # A rejected file is reported and fails the command (the other files would have gone on).
+    assert outside.returncode == 1 and "outside the source roots" in outside.stderr
+    job = ledger(stack).job(outside.stdout.strip())
+    assert job.units == 0 and job.rejected_files == 1 and job.done

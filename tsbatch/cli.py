@@ -159,11 +159,34 @@ def _mapping(fmt: str, opts: dict[str, Any]) -> Mapping | None:
 @click.option(
     "--wait", is_flag=True, help="Show progress until the job is done; exit 1 if anything was rejected."
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    help="With --wait: give up after this many seconds (exit 3); the job goes on.",
+)
+@click.option(
+    "--retry-dead",
+    is_flag=True,
+    help="Retry chunks that an earlier run dead-lettered (after fixing the cause); without it they are "
+    "listed and the command exits 1.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def produce(
-    paths: tuple[str, ...], route: str, fmt: str, precision: str, wait: bool, as_json: bool, **opts: Any
+    paths: tuple[str, ...],
+    route: str,
+    fmt: str,
+    precision: str,
+    wait: bool,
+    timeout: float | None,
+    retry_dead: bool,
+    as_json: bool,
+    **opts: Any,
 ) -> None:
-    """Plan PATHS into chunks and enqueue them; print the job id."""
+    """Plan PATHS into chunks and enqueue them; print the job id.
+
+    Running the same command again is always safe: chunks already committed are skipped, chunks planned
+    before but not done (an interrupted run) are enqueued again, and each chunk is written once.
+    """
     settings = _settings()
     mapping = _mapping(fmt, opts)
     from producers import Producer, new_job_id
@@ -178,23 +201,39 @@ def produce(
             mapping=mapping,
             precision=cast(Precision, precision),
             job_id=job_id,
+            retry_dead=retry_dead,
         )
         for problem in sub.rejected_files:
             click.echo(f"rejected: {problem}", err=True)
+        again = f" ({sub.republished} planned by an earlier run and not done)" if sub.republished else ""
         click.echo(
-            f"enqueued {sub.enqueued} chunks ({sub.lines} lines), skipped {sub.skipped} already "
-            f"queued or done",
+            f"enqueued {sub.enqueued} chunks ({sub.lines} lines){again}, skipped {sub.skipped} already done",
             err=True,
         )
+        if sub.dead:
+            click.echo(
+                f"{len(sub.dead)} chunk(s) were dead-lettered by an earlier run and are not retried "
+                "(see `tsbatch dlq list`; fix the cause, then add --retry-dead):",
+                err=True,
+            )
+            for where in sub.dead[:20]:
+                click.echo(f"  dead: {where}", err=True)
+            if len(sub.dead) > 20:
+                click.echo(f"  ... and {len(sub.dead) - 20} more", err=True)
         if not wait:
+            if sub.dead or sub.rejected_files:
+                sys.exit(1)
             return
-        status = _wait_with_bar(producer, sub.job_id, sub.enqueued)
+        status = _wait_with_bar(producer, sub.job_id, sub.enqueued, timeout)
         _print_summary(status, as_json)
-        if status.rejected or status.dead or sub.rejected_files:
+        problem = producer.planning_problem(status)
+        if problem:
+            click.echo(problem, err=True)
+        if status.failed or problem:
             sys.exit(1)
 
 
-def _wait_with_bar(producer: Any, job_id: str, total: int) -> JobStatus:
+def _wait_with_bar(producer: Any, job_id: str, total: int, timeout: float | None = None) -> JobStatus:
     with click.progressbar(length=max(total, 1), label="chunks", file=sys.stderr) as bar:
         seen = 0
 
@@ -204,7 +243,11 @@ def _wait_with_bar(producer: Any, job_id: str, total: int) -> JobStatus:
             bar.update(done - seen)
             seen = done
 
-        status: JobStatus = producer.wait(job_id, on_update=update)
+        try:
+            status: JobStatus = producer.wait(job_id, timeout_s=timeout, on_update=update)
+        except TimeoutError as e:
+            click.echo(f"\ntimed out: {e}; `tsbatch status {job_id}` follows it", err=True)
+            sys.exit(3)
         return status
 
 
@@ -212,16 +255,19 @@ def _summary(status: JobStatus) -> dict[str, Any]:
     secs = status.seconds
     return {
         "job": status.job_id,
-        "chunks": status.enqueued,
+        "chunks": status.units,
         "committed": status.committed,
         "dead": status.dead,
+        "dead_before": status.dead_before,
         "skipped": status.skipped,
         "pending": status.pending,
+        "planned": status.planned,
         "points": status.points,
         "bytes": status.bytes,
         "seconds": round(secs, 3),
         "points_per_s": round(status.points / secs) if secs else 0,
         "rejected_lines": status.rejected,
+        "rejected_files": status.rejected_files,
     }
 
 
@@ -230,10 +276,12 @@ def _print_summary(status: JobStatus, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(s))
         return
+    before = f", {s['dead_before']} dead-lettered before" if s["dead_before"] else ""
+    files = f"; {s['rejected_files']} rejected files" if s["rejected_files"] else ""
     click.echo(
-        f"job {s['job']}: {s['committed']}/{s['chunks']} chunks committed, {s['dead']} dead-lettered, "
-        f"{s['skipped']} skipped; {s['points']} points, {s['bytes']} bytes in {s['seconds']} s "
-        f"({s['points_per_s']} points/s); {s['rejected_lines']} rejected lines"
+        f"job {s['job']}: {s['committed']}/{s['chunks']} chunks committed, {s['dead']} dead-lettered"
+        f"{before}, {s['skipped']} skipped; {s['points']} points, {s['bytes']} bytes in {s['seconds']} s "
+        f"({s['points_per_s']} points/s); {s['rejected_lines']} rejected lines{files}"
     )
 
 
@@ -244,9 +292,12 @@ def status(job: str, as_json: bool) -> None:
     """Chunks pending / committed / dead-lettered and points written for JOB."""
     with _producer() as producer:
         st = producer.status(job)
+        problem = producer.planning_problem(st)
     if not st.exists:
         raise click.ClickException(f"no job {job}")
     _print_summary(st, as_json)
+    if problem:
+        click.echo(problem, err=True)
 
 
 @main.group()
@@ -306,7 +357,7 @@ def dlq_replay(entry_ids: tuple[str, ...], job: str | None, wait: bool) -> None:
     with _producer() as producer:
         sub = producer.replay(_select(producer, entry_ids, job))
         click.echo(sub.job_id)
-        click.echo(f"replayed {sub.enqueued} chunks, {sub.skipped} already done or queued", err=True)
+        click.echo(f"replayed {sub.enqueued} chunks, {sub.skipped} already done", err=True)
         if wait and sub.enqueued:
             status = _wait_with_bar(producer, sub.job_id, sub.enqueued)
             _print_summary(status, as_json=False)

@@ -61,7 +61,24 @@ class Mapping(_Frozen):
             raise ValueError("give exactly one of measurement or measurement_column")
         if not self.field_columns:
             raise ValueError("at least one field column is required")
+        if self.measurement is not None:
+            _writable_name("measurement", self.measurement)
+        for tag in self.tag_columns:
+            _writable_name("tag key", tag)
+        for spec in self.field_columns:
+            _writable_name("field key", spec.name)
         return self
+
+
+def _writable_name(kind: str, raw: str) -> None:
+    """Refuse names that would make a line the server misreads or rejects (checked once, at planning,
+    and again by every worker that parses the descriptor)."""
+    if not raw:
+        raise ValueError(f"{kind} is empty")
+    if raw.endswith("\\"):
+        raise ValueError(f"{kind} '{raw}' ends with a backslash")
+    if kind == "measurement" and raw.startswith("#"):
+        raise ValueError(f"measurement '{raw}' starts with '#' (a comment line)")
 
 
 class ChunkDescriptor(_Frozen):

@@ -1,19 +1,31 @@
-"""The Redis ledger that turns at-least-once delivery into exactly-once commits.
+"""The Redis ledger: the one place that knows what must be done, and turns at-least-once delivery
+into exactly-once commits.
 
 Keys (``P`` is the configured prefix):
 
-- ``P:chunk:<key>``  hash: ``state`` queued | committed | dead, the job, attempts, and on commit what
-  was written (points, bytes, SHA-256 of the payload, rejected lines, worker, timings).
+- ``P:unit:<key>``   hash: ``state`` planned | committed | dead, the descriptor (``desc``, until commit),
+  ``attempts`` (claims, durable: a unit over ``max_attempts`` is dead-lettered as poison), ``failures``
+  and ``history`` (transient failures), and on commit what was written (points, bytes, SHA-256 of the
+  payload, rejected lines, worker, timings). Committed and dead records expire after
+  ``ledger.retention_days``; planned ones stay until they are done.
+- ``P:unitjobs:<key>`` set of the jobs that planned the unit and wait for it.
 - ``P:lease:<key>``  ``"<token>|<worker>"`` with a TTL renewed by the holder's heartbeat. The token comes
   from ``P:fence`` and only the holder of the current value may commit (fencing).
+- ``P:outbox``       sorted set: every unit not yet done, scored by when the sweeper should look at it
+  (``sweep.lua`` re-publishes a unit whose message is overdue). ``P:claimed_mark``: the planning time of
+  the newest unit claimed so far.
 - ``P:job:<job>``    hash of a job's counters; ``P:jobs`` sorted set of job ids by creation time.
-- ``P:dlq``          stream of dead-letter entries; ``P:stats`` hash of counters for operators and tests.
+- ``P:dlq``          capped stream of dead-letter entries; ``P:stats`` hash of counters.
 
 Every state change is one Lua script, so a crash between two Redis calls cannot leave half a change.
+Job counters change in the same script as the unit's state, once per unit and job, so they cannot
+drift. The scripts compute job keys from the unit's job set, so the ledger runs on a single Redis (or
+one behind Sentinel), not on Redis Cluster (docs/DEPLOY.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -25,7 +37,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-DLQ_FIELDS = ("kind", "reason", "message", "job", "key", "path", "line", "raw", "route", "attempts", "ts_ms")
+from config import Settings, constants
 
 
 def now_ms() -> int:
@@ -48,9 +60,11 @@ def connect(url: str) -> redis.Redis:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    status: str  # claimed | busy | committed | dead
-    holder: str = ""  # "<token>|<worker>" when claimed
+    status: str  # claimed | poison | busy | committed | dead
+    holder: str = ""  # "<token>|<worker>" when claimed (or poison)
     retry_in_s: float = 0.0  # when busy: the holder's remaining lease
+    attempts: int = 0  # this claim included
+    failures: int = 0  # transient failures recorded before this claim
 
     @property
     def token(self) -> int:
@@ -68,9 +82,9 @@ class RejectedLine:
 class JobStatus:
     job_id: str
     exists: bool
-    planned: bool
-    enqueued: int
-    skipped: int
+    planned: bool  # planning finished: every unit of the job is known
+    units: int  # units this job waits for (new ones, and ones another job had already planned)
+    skipped: int  # committed before this job
     committed: int
     dead: int
     points: int
@@ -78,15 +92,37 @@ class JobStatus:
     rejected: int
     created_ms: int
     last_ms: int
-    first_enqueue_ms: int = 0  # when the producer handed the job's first chunk to the broker
+    first_enqueue_ms: int = 0  # when the producer handed the job's first unit to the broker
+    dead_before: int = 0  # dead-lettered before this job and not retried (a rerun reports them)
+    retried_dead: int = 0
+    rejected_files: int = 0
+    interrupted: str = ""  # why planning stopped early, and where
+    planning_path: str = ""
+    heartbeat_ms: int = 0  # the planning producer's last sign of life
 
     @property
     def pending(self) -> int:
-        return max(self.enqueued - self.committed - self.dead, 0)
+        return max(self.units - self.committed - self.dead, 0)
 
     @property
     def done(self) -> bool:
         return self.planned and self.pending == 0
+
+    @property
+    def failed(self) -> bool:
+        """Anything the job was asked to do that did not land (or a line that was refused)."""
+        return bool(self.dead or self.dead_before or self.rejected or self.rejected_files)
+
+    def planning_problem(self, *, now_ms_: int, stale_ms: int) -> str:
+        """Why planning did not finish, if it did not: interrupted, or a producer gone silent."""
+        if self.planned:
+            return ""
+        why = self.interrupted
+        if not why and self.heartbeat_ms and now_ms_ - self.heartbeat_ms > stale_ms:
+            why = "producer silent"
+        if not why:
+            return ""
+        return f"planning interrupted at file {self.planning_path or '?'} ({why}): run the command again"
 
     @property
     def seconds(self) -> float:
@@ -108,20 +144,48 @@ def load_script(name: str) -> str:
     return resources.files("tsbatch").joinpath("lua", f"{name}.lua").read_text()
 
 
-class Ledger:
-    """Claims, leases, commits, jobs and the dead-letter queue, all in one Redis."""
+def clip(text: str, keep_bytes: int) -> str:
+    """At most ``keep_bytes`` of ``text``'s UTF-8, cut on a character boundary."""
+    data = text.encode()
+    if len(data) <= keep_bytes:
+        return text
+    return data[:keep_bytes].decode("utf-8", "ignore")
 
-    def __init__(self, client: redis.Redis, *, prefix: str) -> None:
+
+SCRIPTS = ("plan", "claim", "renew", "release", "commit", "deadletter", "sweep")
+
+
+class Ledger:
+    """Units, claims, leases, commits, jobs, the outbox and the dead-letter queue, all in one Redis.
+
+    ``retention_s``: how long committed and dead records are kept; ``dlq_maxlen``: the DLQ stream's
+    approximate cap; ``republish_after_s``: how long a published unit may wait before the sweeper
+    publishes it again; ``raw_keep_bytes``: how much of a rejected line's text is kept."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str,
+        retention_s: int = constants.LEDGER_RETENTION_DAYS * 86_400,
+        dlq_maxlen: int = constants.DLQ_MAXLEN,
+        republish_after_s: float = constants.REPUBLISH_AFTER_S,
+        raw_keep_bytes: int = constants.RAW_KEEP_BYTES,
+    ) -> None:
         self.redis = client
         self.prefix = prefix
-        self._scripts = {
-            name: client.register_script(load_script(name))
-            for name in ("plan", "unplan", "claim", "renew", "release", "commit", "deadletter", "replay")
-        }
+        self.retention_s = retention_s
+        self.dlq_maxlen = dlq_maxlen
+        self.republish_after_ms = int(republish_after_s * 1000)
+        self.raw_keep_bytes = raw_keep_bytes
+        self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPTS}
 
     # -- keys ---------------------------------------------------------------------------------------
-    def chunk_key(self, key: str) -> str:
-        return f"{self.prefix}:chunk:{key}"
+    def unit_key(self, key: str) -> str:
+        return f"{self.prefix}:unit:{key}"
+
+    def unit_jobs_key(self, key: str) -> str:
+        return f"{self.prefix}:unitjobs:{key}"
 
     def lease_key(self, key: str) -> str:
         return f"{self.prefix}:lease:{key}"
@@ -137,6 +201,10 @@ class Ledger:
     def stats_key(self) -> str:
         return f"{self.prefix}:stats"
 
+    @property
+    def outbox_key(self) -> str:
+        return f"{self.prefix}:outbox"
+
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._scripts[name](keys=list(keys), args=list(args))
 
@@ -146,30 +214,43 @@ class Ledger:
         pipe = self.redis.pipeline()
         pipe.hset(
             self.job_key(job_id),
-            mapping={"created_ms": created, "route": route, "planned": 0, "paths": json.dumps(list(paths))},
+            mapping={
+                "created_ms": created,
+                "route": route,
+                "planned": 0,
+                "paths": json.dumps(list(paths)),
+                "heartbeat_ms": created,
+            },
         )
         pipe.zadd(f"{self.prefix}:jobs", {job_id: created})
         pipe.execute()
 
-    def plan(self, key: str, job_id: str, *, inflight_ttl_s: int) -> str:
-        """``new`` if the chunk must be enqueued now, else its state (queued/committed/dead)."""
-        return cast(
-            str, self._run("plan", [self.chunk_key(key), self.job_key(job_id)], [job_id, inflight_ttl_s])
-        )
+    def plan(self, key: str, job_id: str, *, descriptor: str, retry_dead: bool = False) -> str:
+        """Record a unit before it is published: ``new`` or ``planned`` (publish it now), ``committed``
+        (nothing to do) or ``dead`` (dead-lettered before; ``retry_dead`` puts it back in play)."""
+        now = now_ms()
+        keys = [self.unit_key(key), self.unit_jobs_key(key), self.job_key(job_id), self.outbox_key]
+        args = [job_id, descriptor, now, now + self.republish_after_ms, "1" if retry_dead else "0", key]
+        return cast(str, self._run("plan", keys, args))
 
-    def replan(self, key: str, job_id: str, *, inflight_ttl_s: int) -> str:
-        """``new`` if a dead-lettered chunk was put back in play under ``job_id``, else its state."""
-        keys = [self.chunk_key(key), self.job_key(job_id)]
-        return cast(str, self._run("replay", keys, [job_id, inflight_ttl_s]))
-
-    def unplan(self, key: str, job_id: str) -> None:
-        self._run("unplan", [self.chunk_key(key), self.job_key(job_id)], [job_id])
+    def planning(self, job_id: str, path: str | None = None) -> None:
+        """The producer is alive (and now planning ``path``)."""
+        self.redis.hset(self.job_key(job_id), "heartbeat_ms", now_ms())
+        if path is not None:
+            self.redis.hset(self.job_key(job_id), "planning_path", path)
 
     def mark_first_enqueue(self, job_id: str) -> None:
         self.redis.hsetnx(self.job_key(job_id), "first_enqueue_ms", now_ms())
 
-    def finish_planning(self, job_id: str) -> None:
-        self.redis.hset(self.job_key(job_id), "planned", 1)
+    def count_rejected_file(self, job_id: str) -> None:
+        self.redis.hincrby(self.job_key(job_id), "rejected_files", 1)
+
+    def finish_planning(self, job_id: str, *, interrupted: str = "") -> None:
+        """Planning is over: complete (every unit recorded), or ``interrupted`` with the reason."""
+        if interrupted:
+            self.redis.hset(self.job_key(job_id), "interrupted", interrupted)
+        else:
+            self.redis.hset(self.job_key(job_id), mapping={"planned": 1, "interrupted": ""})
 
     def job(self, job_id: str) -> JobStatus:
         h = cast(dict[str, str], self.redis.hgetall(self.job_key(job_id)))
@@ -181,7 +262,7 @@ class Ledger:
             job_id=job_id,
             exists=bool(h),
             planned=h.get("planned") == "1",
-            enqueued=n("enqueued"),
+            units=n("units"),
             skipped=n("skipped"),
             committed=n("committed"),
             dead=n("dead"),
@@ -191,17 +272,33 @@ class Ledger:
             created_ms=n("created_ms"),
             last_ms=n("last_ms"),
             first_enqueue_ms=n("first_enqueue_ms"),
+            dead_before=n("dead_before"),
+            retried_dead=n("retried_dead"),
+            rejected_files=n("rejected_files"),
+            interrupted=h.get("interrupted", ""),
+            planning_path=h.get("planning_path", ""),
+            heartbeat_ms=n("heartbeat_ms"),
         )
 
     # -- worker side ----------------------------------------------------------------------------------
-    def claim(self, key: str, *, worker: str, job_id: str, lease_ttl_s: float) -> Claim:
-        status, value = self._run(
+    def claim(
+        self, key: str, *, worker: str, lease_ttl_s: float, max_attempts: int, descriptor: str
+    ) -> Claim:
+        lease_ms = int(lease_ttl_s * 1000)
+        status, value, attempts, failures = self._run(
             "claim",
-            [self.chunk_key(key), self.lease_key(key), f"{self.prefix}:fence", self.stats_key],
-            [worker, int(lease_ttl_s * 1000), job_id],
+            [
+                self.unit_key(key),
+                self.lease_key(key),
+                f"{self.prefix}:fence",
+                self.stats_key,
+                self.outbox_key,
+                f"{self.prefix}:claimed_mark",
+            ],
+            [worker, lease_ms, now_ms(), max_attempts, lease_ms, descriptor, key],
         )
-        if status == "claimed":
-            return Claim("claimed", holder=f"{value}|{worker}")
+        if status in ("claimed", "poison"):
+            return Claim(str(status), f"{value}|{worker}", 0.0, int(attempts), int(failures))
         if status == "busy":
             return Claim("busy", retry_in_s=max(int(value), 0) / 1000)
         return Claim(str(status))
@@ -209,59 +306,109 @@ class Ledger:
     def renew(self, key: str, holder: str, *, lease_ttl_s: float) -> bool:
         return bool(self._run("renew", [self.lease_key(key)], [holder, int(lease_ttl_s * 1000)]))
 
-    def release(self, key: str, holder: str) -> bool:
-        return bool(self._run("release", [self.lease_key(key)], [holder]))
+    def release(self, key: str, holder: str, *, due_in_s: float, failure: str = "") -> bool:
+        """Give the lease up; the unit is due for the sweeper in ``due_in_s`` unless claimed by then.
+        ``failure`` records a transient failure (its attempt counts); without one the attempt is given
+        back (a deferral that is not the unit's fault, such as an open breaker)."""
+        now = now_ms()
+        keys = [self.lease_key(key), self.unit_key(key), self.outbox_key]
+        args = [holder, now + int(due_in_s * 1000) + self.republish_after_ms, key, failure[:300], _iso(now)]
+        return bool(self._run("release", keys, args))
 
     def commit(
         self,
         key: str,
         holder: str,
         *,
-        job_id: str,
         record: dict[str, str | int | float],
         rejected: Sequence[RejectedLine],
         dlq_common: dict[str, str],
     ) -> bool:
-        """Record the chunk as committed and dead-letter its rejected lines; False if fenced out."""
-        lines = [{"line": r.line, "reason": r.reason, "raw": r.raw} for r in rejected]
+        """Record the unit as committed and dead-letter its rejected lines; False if fenced out."""
+        lines = [self._line(r) for r in rejected]
         return bool(
             self._run(
                 "commit",
                 [
-                    self.chunk_key(key),
+                    self.unit_key(key),
                     self.lease_key(key),
-                    self.job_key(job_id),
+                    self.unit_jobs_key(key),
                     self.stats_key,
                     self.dlq_key,
+                    self.outbox_key,
                 ],
-                [holder, json.dumps(record), json.dumps(lines), now_ms(), json.dumps(dlq_common)],
+                [
+                    holder,
+                    json.dumps(record),
+                    json.dumps(lines),
+                    now_ms(),
+                    json.dumps(dlq_common),
+                    self.retention_s,
+                    self.dlq_maxlen,
+                    f"{self.prefix}:job:",
+                    key,
+                ],
             )
         )
 
-    def dead_letter(self, key: str, holder: str, *, job_id: str, entry: dict[str, str]) -> bool:
-        """Dead-letter a whole chunk; False if it was committed or another worker holds it."""
+    def _line(self, r: RejectedLine) -> dict[str, str | int]:
+        """A rejected line as the DLQ keeps it: at most ``raw_keep_bytes`` of its text, with the whole
+        line's length and SHA-256 (a CSV produced as line protocol must not copy itself into Redis)."""
+        data = r.raw.encode()
+        return {
+            "line": r.line,
+            "reason": r.reason,
+            "raw": clip(r.raw, self.raw_keep_bytes),
+            "length": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+
+    def dead_letter(self, key: str, holder: str, *, entry: dict[str, str]) -> bool:
+        """Dead-letter a whole unit; False if it was done already or another worker holds it."""
         flat: list[str] = []
         for name, value in {"kind": "chunk", "ts_ms": str(now_ms()), **entry}.items():
             flat += [name, value]
-        return bool(
-            self._run(
-                "deadletter",
-                [self.chunk_key(key), self.lease_key(key), self.job_key(job_id), self.dlq_key],
-                [holder, now_ms(), *flat],
-            )
-        )
+        keys = [
+            self.unit_key(key),
+            self.lease_key(key),
+            self.unit_jobs_key(key),
+            self.dlq_key,
+            self.outbox_key,
+            self.stats_key,
+        ]
+        args = [holder, now_ms(), self.retention_s, self.dlq_maxlen, f"{self.prefix}:job:", key, *flat]
+        return bool(self._run("deadletter", keys, args))
 
-    def dead_letter_message(self, entry: dict[str, str], job_id: str | None) -> None:
-        """Dead-letter a message that is not a valid descriptor (so it has no trustworthy key)."""
+    def dead_letter_message(self, entry: dict[str, str]) -> None:
+        """Dead-letter a message that is not a valid descriptor (so it has no trustworthy key) or a
+        file that could not be planned. Neither is a unit, so no job counts it as one."""
         fields: dict[Any, Any] = {"kind": "message", "ts_ms": str(now_ms()), **entry}
-        pipe = self.redis.pipeline()
-        pipe.xadd(self.dlq_key, fields)
-        if job_id:
-            pipe.hincrby(self.job_key(job_id), "dead", 1)
-        pipe.execute()
+        if "raw" in fields:
+            fields["raw"] = clip(str(fields["raw"]), self.raw_keep_bytes)
+        self.redis.xadd(self.dlq_key, fields, maxlen=self.dlq_maxlen, approximate=True)
 
-    def chunk(self, key: str) -> dict[str, str]:
-        return cast(dict[str, str], self.redis.hgetall(self.chunk_key(key)))
+    def sweep(self, *, queue: str, limit: int = 500) -> list[tuple[str, str]]:
+        """Overdue units, as (key, descriptor JSON), each now scheduled for a later look (sweep.lua)."""
+        flat = self._run(
+            "sweep",
+            [self.outbox_key, queue, f"{self.prefix}:claimed_mark", self.stats_key],
+            [
+                now_ms(),
+                limit,
+                self.republish_after_ms,
+                f"{self.prefix}:unit:",
+                f"{self.prefix}:lease:",
+                self.republish_after_ms,
+            ],
+        )
+        return [(str(flat[i]), str(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def unit(self, key: str) -> dict[str, str]:
+        return cast(dict[str, str], self.redis.hgetall(self.unit_key(key)))
+
+    def history(self, key: str) -> list[str]:
+        text = self.redis.hget(self.unit_key(key), "history")
+        return cast(list[str], json.loads(str(text))) if text else []
 
     def stats(self) -> dict[str, int]:
         return {k: int(v) for k, v in cast(dict[str, str], self.redis.hgetall(self.stats_key)).items()}
@@ -292,3 +439,20 @@ class Ledger:
             if len(rows) < batch:
                 return
             start = "(" + rows[-1][0]
+
+
+def open_ledger(settings: Settings) -> Ledger:
+    """The ledger the settings describe, on a client that rides out a Redis restart."""
+    led = settings.ledger
+    return Ledger(
+        connect(settings.redis.url.get_secret_value()),
+        prefix=settings.redis.key_prefix,
+        retention_s=int(led.retention_days * 86_400),
+        dlq_maxlen=led.dlq_maxlen,
+        republish_after_s=led.republish_after_s,
+        raw_keep_bytes=led.raw_keep_bytes,
+    )
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))

@@ -14,7 +14,7 @@ from typing import Any
 from celery.worker.consumer import Consumer
 
 from config import load_settings
-from tsbatch.ledger import Ledger, connect
+from tsbatch.ledger import Ledger, open_ledger
 
 log = logging.getLogger("tsbatch.worker")
 RAW_KEEP_BYTES = 65_536
@@ -34,7 +34,7 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
         try:
             if self._ledger is None:
                 settings = load_settings()
-                self._ledger = Ledger(connect(settings.redis.url), prefix=settings.redis.key_prefix)
+                self._ledger = open_ledger(settings)
             entry = {
                 "reason": reason,
                 "message": text,
@@ -42,7 +42,7 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
                 "content_type": str(message.content_type or ""),
                 "job": "",
             }
-            self._ledger.dead_letter_message(entry, None)
+            self._ledger.dead_letter_message(entry)
         except Exception:  # the refusal itself must go on even if Redis is away
             log.exception("could not dead-letter a refused message")
 

@@ -16,7 +16,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from config import Settings, load_settings
-from tsbatch.ledger import Ledger, connect
+from tsbatch.ledger import open_ledger
 from workers.breaker import RouteGuard
 from workers.writer import RouteWriter
 
@@ -41,7 +41,7 @@ class Runtime:
         self.worker_id = f"{socket.gethostname()}:{self.pid}"
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
-        self.ledger = Ledger(connect(settings.redis.url), prefix=settings.redis.key_prefix)
+        self.ledger = open_ledger(settings)
         self.closing = False  # set once shutdown began: errors from then on are not the chunk's fault
         self.guard = RouteGuard(
             self.ledger.redis,

@@ -1,7 +1,9 @@
--- Commit a chunk, fenced by the lease, and dead-letter its rejected lines in the same step, so that a
--- crash can neither lose them nor record them twice.
--- KEYS: chunk, lease, job, stats, dlq
--- ARGV: holder, record (JSON object), rejected (JSON array of {line, reason, raw}), now_ms, dlq_common (JSON)
+-- Commit a unit, fenced by the lease, count it in every job that planned it, and dead-letter its
+-- rejected lines in the same step, so that a crash can neither lose them nor record them twice.
+-- KEYS: unit, lease, unit_jobs, stats, dlq, outbox
+-- ARGV: holder, record (JSON object), rejected (JSON array of {line, reason, raw, length, sha256}),
+--       now_ms, dlq_common (JSON), retention_s, dlq_maxlen, job key prefix, unit key
+-- Returns 1, or 0 if fenced out.
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   redis.call('HINCRBY', KEYS[4], 'commit_fenced', 1)
   return 0
@@ -13,18 +15,32 @@ for k, v in pairs(rec) do
   table.insert(fields, tostring(v))
 end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('PERSIST', KEYS[1])
+redis.call('HDEL', KEYS[1], 'desc')
+redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('DEL', KEYS[2])
-redis.call('HINCRBY', KEYS[3], 'committed', 1)
-redis.call('HINCRBY', KEYS[3], 'points', rec['points'])
-redis.call('HINCRBY', KEYS[3], 'bytes', rec['bytes'])
-redis.call('HINCRBY', KEYS[3], 'rejected', rec['rejected'])
-redis.call('HSET', KEYS[3], 'last_ms', ARGV[4])
+redis.call('ZREM', KEYS[6], ARGV[9])
+for _, job_id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local job = ARGV[8] .. job_id
+  redis.call('HINCRBY', job, 'committed', 1)
+  redis.call('HINCRBY', job, 'points', rec['points'])
+  redis.call('HINCRBY', job, 'bytes', rec['bytes'])
+  redis.call('HINCRBY', job, 'rejected', rec['rejected'])
+  redis.call('HSET', job, 'last_ms', ARGV[4])
+end
+redis.call('DEL', KEYS[3])
 redis.call('HINCRBY', KEYS[4], 'commits', 1)
 local common = cjson.decode(ARGV[5])
+local before = redis.call('XLEN', KEYS[5])
+local added = 0
 for _, r in ipairs(cjson.decode(ARGV[3])) do
-  redis.call('XADD', KEYS[5], '*', 'kind', 'line', 'reason', 'rejected_line', 'message', r['reason'],
-    'line', tostring(r['line']), 'raw', r['raw'], 'job', common['job'], 'key', common['key'],
-    'path', common['path'], 'route', common['route'], 'ts_ms', ARGV[4])
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'kind', 'line', 'reason', 'rejected_line',
+    'message', r['reason'], 'line', tostring(r['line']), 'raw', r['raw'], 'length', tostring(r['length']),
+    'sha256', r['sha256'], 'job', common['job'], 'key', common['key'], 'path', common['path'],
+    'route', common['route'], 'ts_ms', ARGV[4])
+  added = added + 1
+end
+local trimmed = before + added - redis.call('XLEN', KEYS[5])
+if trimmed > 0 then
+  redis.call('HINCRBY', KEYS[4], 'dlq_trimmed', trimmed)
 end
 return 1

@@ -1,0 +1,77 @@
+"""The task envelope both sides share: the task's name and the Celery configuration built from the
+settings registry. Producers publish with it and workers consume with it; neither imports the other
+(the producer must not load the worker's write stack: influxdb-client, aiohttp, ISA-L, RE2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from config import Settings, load_settings
+
+TASK_NAME = "tsbatch.ingest_chunk"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    w = settings.worker
+    return {
+        "broker_url": settings.redis.url.get_secret_value(),
+        # Results live in the ledger; a result backend would only duplicate them.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # JSON only: a pickle message from anyone who can write to Redis would be code execution.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "event_serializer": "json",
+        # Ack after the work, and redeliver when a worker child dies mid-task (celery#1628, #3541).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # Chunks are long tasks: a worker reserves one at a time so idle workers can take the rest.
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": {
+            # Unacked messages come back after this long (celery#5935): longer than any chunk or countdown.
+            "visibility_timeout": w.visibility_timeout_s,
+            "unacked_restore_interval": w.unacked_restore_interval_s,
+            "unacked_restore_throttle": 1,
+        },
+        "task_default_queue": settings.producer.queue,
+        "task_routes": {TASK_NAME: {"queue": settings.producer.queue}},
+        # Keep consuming across Redis restarts (celery#9054, #8030): retry the broker forever.
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # Publishing (the producer's sends and every task retry) rides out a Redis restart of up to ~a
+        # minute instead of kombu's default ~0.6 s, after which a retry would be lost with its task.
+        "task_publish_retry_policy": {
+            "max_retries": 30,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
+        },
+        # Let a chunk running when the broker connection drops finish and commit: it is redelivered
+        # after reconnecting (acks_late) and the ledger acks that copy as done. Cancelling it instead
+        # terminated the pool child mid-write and closed its HTTP session (chaos scenario 3).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        # Refused messages (pickle, unknown tasks) are dead-lettered, not only logged (workers/consumer.py).
+        "worker_consumer": "workers.consumer:RecordingConsumer",
+        "broker_connection_timeout": 5,
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A Celery app for ``settings``, or one that loads the settings when first configured."""
+    celery = Celery("tsbatch", set_as_current=settings is None)
+    if settings is not None:
+        celery.conf.update(celery_config(settings))
+    else:
+
+        def _configure(sender: Celery, **_: Any) -> None:
+            sender.conf.update(celery_config(load_settings()))
+
+        celery.on_configure.connect(_configure, weak=False)
+    return celery
