@@ -74,6 +74,11 @@ BATCH_RETRY_MAX_WAIT_S: Final = 10.0
 """Longest wait a task spends on an in-task retry; a longer Retry-After frees the worker slot and
 comes back as a Celery retry with that countdown."""
 
+RETRY_AFTER_MAX_S: Final = 300.0
+"""Longest Retry-After honoured (the pause of a route and the floor of a retry's countdown): a server's
+"Retry-After: 99999999" would otherwise stop a route cluster-wide for years and turn into a countdown far
+beyond the visibility timeout (issue #8); 5 minutes is as long as the backoff itself waits."""
+
 BREAKER_THRESHOLD: Final = 5
 """Consecutive failed writes to a route, counted across every worker, that open its breaker."""
 
