@@ -89,10 +89,6 @@ again within ``lease_ttl_s`` plus this. One Lua call per sweep."""
 PLANNING_STALE_S: Final = 30.0
 """A job still planning whose producer has not been heard from for this long was interrupted (SIGKILL)."""
 
-RETRY_AFTER_MAX_S: Final = 300.0
-"""A server's Retry-After is honoured up to this: ``Retry-After: 99999999`` must not pause a route for
-years or become a countdown beyond the broker's visibility timeout."""
-
 TASK_MAX_RETRIES: Final = 8
 """Celery retries of a chunk before it is dead-lettered: with a 300 s cap that is ~20 min of outage."""
 
@@ -108,6 +104,11 @@ blip (a reset, one 503) without giving up the chunk's lease and re-reading it.""
 BATCH_RETRY_MAX_WAIT_S: Final = 10.0
 """Longest wait a task spends on an in-task retry; a longer Retry-After frees the worker slot and
 comes back as a Celery retry with that countdown."""
+
+RETRY_AFTER_MAX_S: Final = 300.0
+"""Longest Retry-After honoured (the pause of a route and the floor of a retry's countdown): a server's
+"Retry-After: 99999999" would otherwise stop a route cluster-wide for years and turn into a countdown far
+beyond the visibility timeout (issue #8); 5 minutes is as long as the backoff itself waits."""
 
 BREAKER_THRESHOLD: Final = 5
 """Consecutive failed writes to a route, counted across every worker, that open its breaker."""

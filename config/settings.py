@@ -106,6 +106,7 @@ class WorkerSettings(_Section):
     retry_max_s: float = Field(default=constants.RETRY_MAX_S, gt=0)
     batch_retries: int = Field(default=constants.BATCH_RETRIES, ge=0)
     batch_retry_max_wait_s: float = Field(default=constants.BATCH_RETRY_MAX_WAIT_S, ge=0)
+    retry_after_max_s: float = Field(default=constants.RETRY_AFTER_MAX_S, gt=0)
     breaker_threshold: int = Field(default=constants.BREAKER_THRESHOLD, ge=1)
     breaker_cooldown_s: float = Field(default=constants.BREAKER_COOLDOWN_S, gt=0)
 
@@ -115,6 +116,8 @@ class WorkerSettings(_Section):
             raise ValueError("heartbeat_s must be shorter than lease_ttl_s")
         if self.max_attempts <= self.max_retries:
             raise ValueError("max_attempts must be greater than max_retries")
+        if self.retry_after_max_s >= self.visibility_timeout_s:
+            raise ValueError("retry_after_max_s must be shorter than visibility_timeout_s")
         return self
 
 

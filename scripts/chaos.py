@@ -837,7 +837,7 @@ def ambiguous_checks(run: Run, fig: Figures) -> list[Check]:
 
 
 def breaker_state(run: Run) -> dict[str, str]:
-    """The route's shared breaker as workers/breaker.py keeps it (empty if there is none)."""
+    """The route's shared breaker as tsbatch/breaker.py keeps it (empty if there is none)."""
     raw = cast(dict[str, str], run.ledger().redis.hgetall(f"{PREFIX}:breaker:{ROUTE}"))
     return {k: v for k, v in raw.items() if k in ("state", "failures", "opened", "kind")}
 

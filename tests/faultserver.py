@@ -55,6 +55,9 @@ Control API (JSON)
     ``in_flight`` (still being handled) and, only with ``?lines=1``, ``lines``.
 ``DELETE /__control/requests``
     Clears the record (and with it the stats).
+``PUT /__control/token``
+    Body ``{"token": "T"}``: from now on only ``Authorization: Token T`` is accepted (a rotation on the
+    server's side); ``{"token": null}`` accepts any. Answers ``{"token_required": true|false}``.
 ``GET /__control/stats``
     ``{"total", "in_flight", "by_status": {"204": n, ...}, "by_outcome": {...}, "by_rule": {"0": n},
     "lines_received", "lines_forwarded"}``, computed from the record.
@@ -550,6 +553,7 @@ class FaultApp:
         app.router.add_get("/__control/requests", self.get_requests)
         app.router.add_delete("/__control/requests", self.delete_requests)
         app.router.add_get("/__control/stats", self.get_stats)
+        app.router.add_put("/__control/token", self.put_token)
         return app
 
     # -- InfluxDB endpoints ----------------------------------------------------------------------
@@ -737,6 +741,17 @@ class FaultApp:
     async def get_stats(self, _request: web.Request) -> web.Response:
         return web.json_response(self.state.stats())
 
+    async def put_token(self, request: web.Request) -> web.Response:
+        try:
+            payload = await request.json()
+        except json.JSONDecodeError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        token = payload.get("token") if isinstance(payload, dict) else None
+        if not (token is None or (isinstance(token, str) and token)):
+            return web.json_response({"error": "'token' must be a non-empty string or null"}, status=400)
+        self.state.token = token
+        return web.json_response({"token_required": token is not None})
+
 
 async def serve(host: str, port: int, upstream: str, *, token: str | None, seed: int | None) -> None:
     """Run the server until SIGTERM or SIGINT."""
@@ -900,6 +915,10 @@ class FaultServer:
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/__control/stats")
         return result
+
+    def set_token(self, token: str | None) -> None:
+        """Accept only ``Authorization: Token <token>`` from now on (``None``: any)."""
+        self._call("PUT", "/__control/token", {"token": token})
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -61,3 +61,20 @@ def test_a_retry_after_pauses_every_worker_and_is_never_shortened(redis_server: 
     b.pause("hot", 0.5)  # a shorter pause must not cut the longer one
     assert 1.5 < b.paused_for("hot") <= 2.0
     assert a.paused_for("cold") == 0
+
+
+def test_a_pause_is_capped_however_long_the_retry_after_and_clear_lifts_it_and_the_breaker(
+    redis_server: str,
+) -> None:
+    [a] = _guards(redis_server, 1, threshold=1, max_pause_s=5)
+    a.pause("hot", 99_999_999)
+    a.failure("hot", kind="permanent", reason="401 unauthorized")
+
+    [state] = a.states(["hot"])
+    assert 4 < a.paused_for("hot") <= 5 and 4 < state.paused_for_s <= 5
+    assert (state.breaker, state.kind, state.failures, state.held) == ("open", "permanent", 1, True)
+    assert a.known_routes() == ["hot"]
+
+    assert a.clear("hot") == 2
+    assert a.paused_for("hot") == 0 and a.allow("hot").state == "closed"
+    assert not a.states(["hot"])[0].held and a.known_routes() == []

@@ -449,6 +449,20 @@ def test_token_check(_victoria_metrics: VictoriaMetrics) -> None:
         _assert_clean_exit(server)
 
 
+def test_the_accepted_token_can_be_switched_at_runtime(_victoria_metrics: VictoriaMetrics) -> None:
+    m = measurement()
+    server = FaultServer.start(_victoria_metrics.url, token="A")
+    try:
+        assert write(server.url, f"{m} f=1 {TS0}", headers={"Authorization": "Token A"}).status == 204
+        server.set_token("B")
+        assert write(server.url, f"{m} f=2 {TS0}", headers={"Authorization": "Token A"}).status == 401
+        assert write(server.url, f"{m} f=3 {TS0}", headers={"Authorization": "Token B"}).status == 204
+        server.set_token(None)
+        assert write(server.url, f"{m} f=4 {TS0}").status == 204
+    finally:
+        _assert_clean_exit(server)
+
+
 def test_request_record_and_stats(fault_server: FaultServer) -> None:
     m = measurement()
     before_mono, before_wall = time.monotonic(), time.time()

@@ -4,22 +4,28 @@ tsbatch worker --concurrency 2
 tsbatch produce /srv/telemetry/*.lp --route hot --wait
 tsbatch status JOB
 tsbatch dlq list --job JOB
+tsbatch routes
+tsbatch routes clear hot
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 from config import ConfigError, Settings, load_settings
 from tsbatch.descriptor import FIELD_KINDS, FORMATS, PRECISIONS, FieldSpec, Format, Mapping, Precision
 from tsbatch.ledger import JobStatus
+
+if TYPE_CHECKING:
+    from tsbatch.breaker import RouteGuard, RouteState
 
 
 @contextmanager
@@ -387,6 +393,90 @@ def dlq_purge(entry_ids: tuple[str, ...], job: str | None, yes: bool) -> None:
             click.confirm(f"delete {len(entries)} entries?", abort=True)
         removed = producer.ledger.remove_dead_letters([e.id for e in entries])
     click.echo(f"purged {removed} entries")
+
+
+@contextmanager
+def _route_guard() -> Iterator[tuple[Settings, RouteGuard]]:
+    """The routes' breakers and pauses in Redis; needs neither the worker nor influxdb-client."""
+    from tsbatch.breaker import RouteGuard
+    from tsbatch.ledger import connect
+
+    settings = _settings()
+    w = settings.worker
+    client = connect(settings.redis.url)
+    try:
+        yield (
+            settings,
+            RouteGuard(
+                client,
+                prefix=settings.redis.key_prefix,
+                threshold=w.breaker_threshold,
+                cooldown_s=w.breaker_cooldown_s,
+                max_pause_s=w.retry_after_max_s,
+            ),
+        )
+    finally:
+        client.close()
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per route.")
+@click.pass_context
+def routes(ctx: click.Context, as_json: bool) -> None:
+    """Each route's circuit breaker and Retry-After pause (the same as `routes list`).
+
+    Both hold a route's writes back on every worker. `tsbatch routes clear NAME` closes the breaker
+    and lifts the pause, e.g. once a refused token has been replaced.
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(routes_list, as_json=as_json)
+
+
+def _describe_route(st: RouteState, max_pause_s: float) -> str:
+    breaker = f"breaker {st.breaker}"
+    if st.breaker != "closed" or st.failures:
+        left = f", {st.open_for_s:.1f}s left" if st.open_for_s else ""
+        kind = f"{st.kind}, " if st.kind else ""
+        breaker += f" ({kind}{st.failures} failures{left}): {st.reason}"
+    pause = "not paused"
+    if st.paused_for_s:
+        pause = f"paused {st.paused_for_s:.1f}s by Retry-After"
+        if st.paused_for_s > max_pause_s:
+            pause += f" (workers wait at most {max_pause_s:g}s)"
+    return f"{st.route}: {breaker}; {pause}"
+
+
+@routes.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per route.")
+def routes_list(as_json: bool) -> None:
+    """Show each route's breaker (closed/open, failures, why, time left) and Retry-After pause."""
+    with _route_guard() as (settings, guard):
+        # Routes no longer configured still show while Redis holds a breaker or a pause for them.
+        names = sorted(set(settings.routes) | set(guard.known_routes()))
+        states = guard.states(names)
+    for st in states:
+        if as_json:
+            click.echo(json.dumps({**st.to_json(), "configured": st.route in settings.routes}))
+            continue
+        click.echo(_describe_route(st, settings.worker.retry_after_max_s))
+        if st.held:
+            click.echo(f"  to clear: tsbatch routes clear {shlex.quote(st.route)}")
+
+
+@routes.command("clear")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def routes_clear(name: str, as_json: bool) -> None:
+    """Close route NAME's breaker and lift its Retry-After pause, on every worker at once."""
+    with _route_guard() as (settings, guard):
+        if name not in settings.routes and name not in guard.known_routes():
+            known = ", ".join(sorted(settings.routes)) or "none configured"
+            raise click.ClickException(f"no route {name} (known: {known})")
+        deleted = guard.clear(name)
+    if as_json:
+        click.echo(json.dumps({"route": name, "deleted_keys": deleted}))
+    else:
+        click.echo(f"route {name}: breaker closed, pause lifted ({deleted} keys deleted)")
 
 
 if __name__ == "__main__":

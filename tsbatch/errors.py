@@ -4,6 +4,7 @@
     ├── SourceError            the data a descriptor names cannot be used (outside the roots, changed)
     ├── WriteError             a write to a route failed
     │   ├── TransientWriteError    worth retrying: 429, 503, other 5xx, timeouts, connection errors
+    │   │   └── TokenUnavailable       the route's token_file is missing, unreadable or empty (mid-rotation)
     │   └── PermanentWriteError    retrying cannot help: 401, 403, 404 (misconfigured route)
     ├── RouteUnavailable       the route's shared circuit breaker is open: defer, it is not the chunk's fault
     └── LeaseLost              this worker's claim on a chunk was taken over; stop without committing
@@ -36,6 +37,11 @@ class WriteError(TsbatchError):
 
 class TransientWriteError(WriteError):
     """A write that may succeed later. ``retry_after`` is the server's floor for the next attempt."""
+
+
+class TokenUnavailable(TransientWriteError):
+    """The route's ``token_file`` cannot be read now: a rotation replacing it, a secret volume remounting.
+    Retried like any transient failure, never dead-lettered as a misconfigured route (issue #8)."""
 
 
 class PermanentWriteError(WriteError):

@@ -48,6 +48,7 @@ class Runtime:
             prefix=settings.redis.key_prefix,
             threshold=settings.worker.breaker_threshold,
             cooldown_s=settings.worker.breaker_cooldown_s,
+            max_pause_s=settings.worker.retry_after_max_s,
         )
         self._writers: dict[str, RouteWriter] = {}
 
@@ -67,6 +68,7 @@ class Runtime:
                 guard=self.guard,
                 retries=w.batch_retries,
                 retry_max_wait_s=w.batch_retry_max_wait_s,
+                retry_after_max_s=w.retry_after_max_s,
             )
             self._writers[route_name] = writer
         return writer

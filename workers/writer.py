@@ -5,8 +5,12 @@ The boundary where HTTP outcomes become tsbatch's own exceptions:
     204                    written
     400 / 422              the batch holds lines the server refuses: ``RejectedBatch`` (the caller bisects)
     413                    too large: ``RejectedBatch`` with ``too_large`` (the caller splits)
-    401 / 403 / 404        ``PermanentWriteError``: the route is misconfigured, retrying cannot help
-    429 / 503              ``TransientWriteError`` with the server's Retry-After as a floor
+    401 / 403 / 404        ``PermanentWriteError``: the route is misconfigured, retrying cannot help;
+                           but a 401/403 first re-reads the token_file: a token rotated since is tried
+                           at once, and a refusal soon after a rotation is transient (see ``_send``)
+    429 / 503              ``TransientWriteError`` with the server's Retry-After as a floor, capped at
+                           ``worker.retry_after_max_s``
+    token_file unreadable  ``TokenUnavailable`` (transient)
     other 5xx, timeouts,
     connection errors      ``TransientWriteError``
 """
@@ -26,11 +30,14 @@ from influxdb_client.rest import ApiException
 from influxdb_client.service.write_service import WriteService
 from isal import igzip, isal_zlib
 
-from config import RouteSettings
-from tsbatch.errors import PermanentWriteError, TransientWriteError, WriteError
+from config import RouteSettings, constants
+from tsbatch.errors import PermanentWriteError, TokenUnavailable, TransientWriteError, WriteError
 from workers.breaker import RouteGuard
+from workers.token import RouteToken
 
 PERMANENT_STATUSES = frozenset({401, 403, 404})
+AUTH_STATUSES = frozenset({401, 403})
+TOKEN_ROTATION_GRACE_S = 60.0  # a token refused this soon after the token_file changed may be too new
 GATE_REFRESH_S = 0.1  # how stale this process's view of a route's Retry-After pause may be
 BATCH_RETRY_CAP_S = 5.0  # in-task backoff stays short: a longer outage is Celery's to wait out
 REJECT_STATUSES = frozenset({400, 422})
@@ -75,7 +82,9 @@ def _body_text(body: object) -> str:
     return str(body or "")[:500]
 
 
-def classify(err: ApiException, route: str) -> WriteError:
+def classify(
+    err: ApiException, route: str, *, retry_after_max_s: float = constants.RETRY_AFTER_MAX_S
+) -> WriteError:
     status = int(err.status or 0)
     text = _body_text(err.body)
     headers: Mapping[str, str] = err.headers or {}
@@ -89,10 +98,15 @@ def classify(err: ApiException, route: str) -> WriteError:
             "bucket and token)",
             status=status,
         )
-    retry_after = parse_retry_after(headers.get("Retry-After"))
     if status == 0:
         return TransientWriteError(f"route {route}: {err.reason}", status=None)
-    return TransientWriteError(f"route {route}: {status} {text}", status=status, retry_after=retry_after)
+    message = f"route {route}: {status} {text}"
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    if retry_after is not None and retry_after > retry_after_max_s:
+        # Keep what the server asked for in the message: operators see it in the logs and the history.
+        message += f" (Retry-After {headers.get('Retry-After')!r} capped at {retry_after_max_s:g}s)"
+        retry_after = retry_after_max_s
+    return TransientWriteError(message, status=status, retry_after=retry_after)
 
 
 class RouteWriter:
@@ -108,6 +122,7 @@ class RouteWriter:
         guard: RouteGuard | None = None,
         retries: int = 0,
         retry_max_wait_s: float = 0.0,
+        retry_after_max_s: float = constants.RETRY_AFTER_MAX_S,
     ) -> None:
         self.name = route_name
         self.route = route
@@ -116,15 +131,17 @@ class RouteWriter:
         self.guard = guard
         self.retries = retries
         self.retry_max_wait_s = retry_max_wait_s
+        self.retry_after_max_s = retry_after_max_s
+        self.token = RouteToken(route_name, route)
         # The breaker may be counting failures (ours or another worker's): the next success resets it.
         # Without this flag every write paid a Redis round trip: ~7% of worker time (issue #4 profile).
         self.breaker_dirty = False
         self._gate_until = 0.0  # monotonic time until which this route is paused, as last seen
         self._gate_seen = -1.0  # when the shared gate was last read
         # Created inside the running loop, as influxdb-client's README requires for the async client.
+        # No token here: each request sets the token_file's current one (see _authorize).
         self.client = InfluxDBClientAsync(
             url=route.url,
-            token=route.token_value(),
             org=route.org,
             timeout=int(route.timeout_s * 1000),
             enable_gzip=False,  # we compress ourselves: igzip level 1 (see compress)
@@ -145,10 +162,10 @@ class RouteWriter:
         while True:
             await self._hold_while_throttled()
             try:
-                async with self.slots:
-                    await self._post(body, precision, encoding)
+                await self._send(body, precision, encoding)
             except TransientWriteError as e:
-                await self._report_failure(e, "transient")
+                if not isinstance(e, TokenUnavailable):  # our file, not the route's failure
+                    await self._report_failure(e, "transient")
                 attempt += 1
                 delay = max(
                     random.uniform(0, min(BATCH_RETRY_CAP_S, 0.25 * 2**attempt)), e.retry_after or 0.0
@@ -194,6 +211,45 @@ class RouteWriter:
             await asyncio.to_thread(self.guard.pause, self.name, err.retry_after)
         await asyncio.to_thread(self.guard.failure, self.name, kind=kind, reason=str(err))
 
+    async def _send(self, body: bytes, precision: str, encoding: str) -> None:
+        """Post with the token_file's current token. A 401/403 re-reads the file once: a token rotated
+        since this write read it is tried at once; a refusal soon after a rotation is transient, since
+        the server may not know the new token yet (issue #8)."""
+        async with self.slots:
+            token = self._authorize()
+            try:
+                await self._post(body, precision, encoding)
+                return
+            except PermanentWriteError as e:
+                if e.status not in AUTH_STATUSES or self.token.reread() == token:
+                    raise self._refused(e) from None
+            self._authorize()
+            try:
+                await self._post(body, precision, encoding)
+            except PermanentWriteError as e:
+                raise self._refused(e) from None
+
+    def _refused(self, err: PermanentWriteError) -> WriteError:
+        if err.status in AUTH_STATUSES and self.token.changed_within(TOKEN_ROTATION_GRACE_S):
+            return TransientWriteError(
+                f"{err} (the token_file changed in the last {TOKEN_ROTATION_GRACE_S:g}s: "
+                "the server may not know the new token yet)",
+                status=err.status,
+            )
+        return err
+
+    def _authorize(self) -> str:
+        """Set the current token on the live client, and return it. ``ApiClientAsync`` copies its
+        ``default_headers`` into a request before the request's first suspension, so the ``_post``
+        awaited right after this call carries this token, whatever other writes set later."""
+        token = self.token.current()
+        headers = self.client.api_client.default_headers
+        if token:
+            headers["Authorization"] = f"Token {token}"
+        else:
+            headers.pop("Authorization", None)
+        return token
+
     async def _post(self, body: bytes, precision: str, encoding: str) -> None:
         try:
             await self._service.post_write_async(
@@ -205,7 +261,7 @@ class RouteWriter:
                 content_type="text/plain; charset=utf-8",
             )
         except ApiException as e:
-            raise classify(e, self.name) from None
+            raise classify(e, self.name, retry_after_max_s=self.retry_after_max_s) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             # The body may have reached the server: retrying is safe because a point rewritten with the
             # same series, field and timestamp overwrites itself, and the ledger commits once.
