@@ -26,7 +26,7 @@ from tsbatch.descriptor import ChunkDescriptor, Format, Mapping, Precision
 from tsbatch.envelope import TASK_NAME, create_app
 from tsbatch.errors import SourceError
 from tsbatch.ledger import DeadLetter, JobStatus, now_ms, open_ledger
-from tsbatch.sources import confine
+from tsbatch.sources import Source, open_source
 
 BACKPRESSURE_POLL_S = 0.2
 WAIT_POLL_S = 0.2
@@ -142,23 +142,40 @@ class Producer:
         mapping: Mapping | None = None,
         precision: Precision = "ns",
     ) -> Iterator[ChunkDescriptor]:
-        """The descriptors of one file, streamed; raises ``SourceError`` if the file cannot be used."""
-        resolved = confine(path, self.settings.sources.roots)
-        ident = planner.identity(resolved)
+        """The descriptors of one file, streamed; raises ``SourceError`` if the file cannot be used.
+
+        The file is opened once and read through that descriptor, never by name again (issue #8)."""
+        with open_source(path, self.settings.sources.roots) as src:
+            yield from self._descriptors(
+                src, job_id=job_id, route=route, format=format, mapping=mapping, precision=precision
+            )
+
+    def _descriptors(
+        self,
+        src: Source,
+        *,
+        job_id: str,
+        route: str,
+        format: Format,
+        mapping: Mapping | None,
+        precision: Precision,
+    ) -> Iterator[ChunkDescriptor]:
+        resolved = src.path
+        ident = planner.identity(src.fd)
         offset, first_line = 0, 1
         if format == "csv":
             assert mapping is not None
-            columns, offset = planner.read_header(resolved)
+            columns, offset = planner.read_header(src.fd, resolved)
             mapping = _with_columns(mapping, columns, resolved)
             first_line = 2
         p = self.settings.producer
         for rng in planner.scan(
-            resolved, chunk_lines=p.chunk_lines, offset=offset, first_line=first_line, taper=p.taper
+            src.fd, chunk_lines=p.chunk_lines, offset=offset, first_line=first_line, taper=p.taper
         ):
             if rng.end - rng.start > p.max_chunk_bytes:
                 raise SourceError(
-                    f"{path}:{rng.first_line}: {rng.line_count} lines make a chunk of {rng.end - rng.start} "
-                    f"bytes, over producer.max_chunk_bytes ({p.max_chunk_bytes}): lower producer.chunk_lines",
+                    f"{resolved}:{rng.first_line}: {rng.line_count} lines make a chunk of "
+                    f"{rng.end - rng.start} bytes, over producer.max_chunk_bytes ({p.max_chunk_bytes}): lower producer.chunk_lines",
                     reason="chunk_too_large",
                 )
             yield ChunkDescriptor(
@@ -177,8 +194,8 @@ class Producer:
                 route=route,
                 precision=precision,
             ).with_key()
-        if planner.identity(resolved) != ident:
-            raise SourceError(f"{path}: file changed while it was being planned", reason="source_changed")
+        if planner.identity(src.fd) != ident:
+            raise SourceError(f"{resolved}: file changed while it was being planned", reason="source_changed")
 
     def connect_broker(self) -> None:
         """Connect to the broker and declare the queue before a job exists: an unreachable broker stops

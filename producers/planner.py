@@ -29,15 +29,16 @@ class FileIdentity:
     mtime_ns: int
 
 
-def identity(path: Path) -> FileIdentity:
-    st = os.stat(path)
+def identity(fd: int) -> FileIdentity:
+    st = os.fstat(fd)
     return FileIdentity(size=st.st_size, mtime_ns=st.st_mtime_ns)
 
 
-def read_header(path: Path) -> tuple[tuple[str, ...], int]:
-    """The CSV header's column names and the byte offset where the data starts."""
-    with open(path, "rb") as f:
-        first = f.readline(READ_BLOCK_BYTES)
+def read_header(fd: int, path: str | Path) -> tuple[tuple[str, ...], int]:
+    """The CSV header's column names and the byte offset where the data starts (``path`` names the
+    open file ``fd`` in messages)."""
+    block = os.pread(fd, READ_BLOCK_BYTES, 0)
+    first = block[: block.find(b"\n") + 1 or len(block)]
     if not first.endswith(b"\n") and len(first) == READ_BLOCK_BYTES:
         raise SourceError(f"{path}:1: header line longer than {READ_BLOCK_BYTES} bytes", reason="bad_header")
     try:
@@ -91,7 +92,7 @@ class _Sizes:
 
 
 def scan(
-    path: Path,
+    fd: int,
     *,
     chunk_lines: int,
     offset: int = 0,
@@ -99,35 +100,33 @@ def scan(
     block_bytes: int = READ_BLOCK_BYTES,
     taper: bool = False,
 ) -> Iterator[ChunkRange]:
-    """Yield chunks of ``chunk_lines`` lines from ``offset`` (smaller ones at the end with ``taper``);
-    a final line without newline is kept."""
-    with open(path, "rb", buffering=0) as f:
-        sizes = _Sizes(chunk_lines, taper, file_start=offset, file_end=os.fstat(f.fileno()).st_size)
-        f.seek(offset)
-        start, pos, lines, line_no = offset, offset, 0, first_line
-        digest, last = hashlib.sha256(), b"\n"
-        target = chunk_lines
-        while block := f.read(block_bytes):
-            if not sizes.bytes_per_line:
-                sizes.learn(block)
-                target = sizes.next(start)
-            last = block[-1:]
-            view, i = memoryview(block), 0
-            while i < len(block):
-                need = target - lines
-                have = block.count(b"\n", i)
-                if have < need:
-                    digest.update(view[i:])
-                    lines += have
-                    break
-                cut = nth_newline(block, i, need) + 1
-                digest.update(view[i:cut])
-                end = pos + cut
-                yield ChunkRange(start, end, line_no, target, digest.hexdigest())
-                line_no += target
-                start, lines, i, digest = end, 0, cut, hashlib.sha256()
-                target = sizes.next(start)
-            pos += len(block)
-        if pos > start:
-            unterminated = 0 if last == b"\n" else 1
-            yield ChunkRange(start, pos, line_no, lines + unterminated, digest.hexdigest())
+    """Yield chunks of ``chunk_lines`` lines of the open file ``fd`` from ``offset`` (smaller ones at
+    the end with ``taper``); a final line without newline is kept."""
+    sizes = _Sizes(chunk_lines, taper, file_start=offset, file_end=os.fstat(fd).st_size)
+    start, pos, lines, line_no = offset, offset, 0, first_line
+    digest, last = hashlib.sha256(), b"\n"
+    target = chunk_lines
+    while block := os.pread(fd, block_bytes, pos):
+        if not sizes.bytes_per_line:
+            sizes.learn(block)
+            target = sizes.next(start)
+        last = block[-1:]
+        view, i = memoryview(block), 0
+        while i < len(block):
+            need = target - lines
+            have = block.count(b"\n", i)
+            if have < need:
+                digest.update(view[i:])
+                lines += have
+                break
+            cut = nth_newline(block, i, need) + 1
+            digest.update(view[i:cut])
+            end = pos + cut
+            yield ChunkRange(start, end, line_no, target, digest.hexdigest())
+            line_no += target
+            start, lines, i, digest = end, 0, cut, hashlib.sha256()
+            target = sizes.next(start)
+        pos += len(block)
+    if pos > start:
+        unterminated = 0 if last == b"\n" else 1
+        yield ChunkRange(start, pos, line_no, lines + unterminated, digest.hexdigest())

@@ -998,9 +998,8 @@ def descriptor_checks(run: Run, ledger: Ledger) -> list[Check]:
     entries = {e.get("key"): e for e in ledger.dead_letters(job_id=run.extra["poison_job"])}
     found = {name: entries.get(key) for name, key in run.extra["poison_descs"].items()}
     run.extra["descriptor_reasons"] = {n: (e.get("reason") if e else "none") for n, e in found.items()}
-    refused = all(
-        e is not None and e.get("reason") in ("outside_roots", "relative_path") for e in found.values()
-    )
+    refusals = ("outside_roots", "relative_path", "symlink")
+    refused = all(e is not None and e.get("reason") in refusals for e in found.values())
     canary = list(vm_export(run.vm_url, f'{{__name__=~"{CANARY}.*"}}'))
     return [
         Check(

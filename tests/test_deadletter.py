@@ -113,3 +113,26 @@ def test_messages_the_worker_must_refuse_are_dead_lettered_and_the_worker_keeps_
     datagen.write(src, "lp", series=2, points_per_series=5)
     after = cli(stack, "produce", str(src), "--route", "default", "--wait", "--json")
     assert after.returncode == 0 and json.loads(after.stdout.splitlines()[-1])["points"] == 10
+
+
+def test_rejected_lines_reach_the_terminal_with_their_control_characters_escaped(
+    make_stack, data_dir: Path
+) -> None:
+    stack = make_stack()
+    stack.start_worker()
+    src = data_dir / "colour.lp"
+    hostile = "cpu,host=a usage=\x1b[31moops\x9b2J 1704067201000000000"
+    ordinary = "cpu,host=é\\ b\tusage=nope 1704067202000000000"  # printable UTF-8, a backslash, a tab
+    src.write_text(f"cpu,host=a usage=1 1704067200000000000\n{hostile}\n{ordinary}\n")
+    job = json.loads(
+        cli(stack, "produce", str(src), "--route", "default", "--wait", "--json").stdout.splitlines()[-1]
+    )["job"]
+
+    exported = cli(stack, "dlq", "export", "--job", job).stdout
+    listed = cli(stack, "dlq", "list", "--job", job).stdout
+    as_json = _dlq(stack, job)
+
+    assert exported.splitlines() == ["cpu,host=a usage=\\x1b[31moops\\x9b2J 1704067201000000000", ordinary]
+    assert "\x1b" not in listed and "\x9b" not in listed and len(listed.splitlines()) == 2
+    assert "\x1b" not in cli(stack, "dlq", "list", "--job", job, "--json").stdout
+    assert sorted(e["raw"] for e in as_json) == sorted([hostile, ordinary])  # JSON keeps them, escaped

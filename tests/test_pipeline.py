@@ -21,17 +21,19 @@ FORMAT_ARGS = {"lp": (), "csv": datagen.CSV_ARGS, "jsonl": datagen.JSONL_ARGS}
 def planned_chunks(path: Path, stack) -> int:
     """How many chunks the producer plans for ``path`` with the stack's settings."""
     producer = stack.settings["producer"]
-    offset, first_line = (planner.read_header(path)[1], 2) if path.suffix == ".csv" else (0, 1)
-    return sum(
-        1
-        for _ in planner.scan(
-            path,
-            chunk_lines=producer["chunk_lines"],
-            offset=offset,
-            first_line=first_line,
-            taper=producer.get("taper", constants.TAPER),
+    with path.open("rb") as f:
+        fd = f.fileno()
+        offset, first_line = (planner.read_header(fd, path)[1], 2) if path.suffix == ".csv" else (0, 1)
+        return sum(
+            1
+            for _ in planner.scan(
+                fd,
+                chunk_lines=producer["chunk_lines"],
+                offset=offset,
+                first_line=first_line,
+                taper=producer.get("taper", constants.TAPER),
+            )
         )
-    )
 
 
 @pytest.mark.parametrize("kind", ["lp", "csv", "jsonl"])

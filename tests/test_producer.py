@@ -33,7 +33,8 @@ def test_chunks_tile_the_file_at_line_boundaries_whatever_the_read_block(
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "f"
         path.write_bytes(data)
-        chunks = list(planner.scan(path, chunk_lines=chunk_lines, block_bytes=block, taper=taper))
+        with path.open("rb") as f:
+            chunks = list(planner.scan(f.fileno(), chunk_lines=chunk_lines, block_bytes=block, taper=taper))
 
     pos, line_no = 0, 1
     for ch in chunks:
@@ -50,17 +51,19 @@ def test_chunks_tile_the_file_at_line_boundaries_whatever_the_read_block(
 def test_a_files_last_chunks_taper_so_that_workers_finish_together(tmp_path: Path) -> None:
     path = tmp_path / "f.lp"
     datagen.write(path, "lp", series=10, points_per_series=1_000)  # 10,000 lines
+    fd = os.open(path, os.O_RDONLY)
 
-    sizes = [c.line_count for c in planner.scan(path, chunk_lines=1_000, taper=True)]
-    again = [c.line_count for c in planner.scan(path, chunk_lines=1_000, taper=True)]
+    sizes = [c.line_count for c in planner.scan(fd, chunk_lines=1_000, taper=True)]
+    again = [c.line_count for c in planner.scan(fd, chunk_lines=1_000, taper=True)]
 
     assert sum(sizes) == 10_000 and sizes == again  # the same file, the same chunks (and keys)
     assert sizes[:7] == [1_000] * 7  # full chunks until two chunks' worth is left
     assert sizes[7:] == sorted(sizes[7:], reverse=True) and sizes[-1] <= 1_000 // 4
-    untapered = [c.line_count for c in planner.scan(path, chunk_lines=1_000)]
+    untapered = [c.line_count for c in planner.scan(fd, chunk_lines=1_000)]
     assert untapered == [1_000] * 10
     # A file of at most two chunks stays whole: a job of many small files pays nothing for tapering.
-    assert [c.line_count for c in planner.scan(path, chunk_lines=6_000, taper=True)] == [6_000, 4_000]
+    assert [c.line_count for c in planner.scan(fd, chunk_lines=6_000, taper=True)] == [6_000, 4_000]
+    os.close(fd)
 
 
 def _peak_submit_bytes(stack, path: Path) -> int:

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import click
+from pydantic import SecretStr
 
 from config import ConfigError, Settings, load_settings
 from tsbatch.descriptor import FIELD_KINDS, FORMATS, PRECISIONS, FieldSpec, Format, Mapping, Precision
@@ -37,6 +40,16 @@ def _user_errors() -> Iterator[None]:
         raise click.ClickException(f"configuration: {e}") from None
     except ValueError as e:
         raise click.ClickException(str(e)) from None
+
+
+# C0 controls but tab, DEL, C1 controls: ESC and CSI among them, which a terminal would act on.
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _printable(text: object) -> str:
+    """Untrusted text (a file's bytes, a file name) made safe for a terminal: each control character
+    becomes a ``\\xNN`` escape; printable text, tabs and backslashes are left as they are."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 def _settings() -> Settings:
@@ -92,24 +105,43 @@ def worker(concurrency: int | None, loglevel: str, pool: str, hostname: str | No
 @click.option("--port", type=int, help="[flower.port]")
 @click.option("--address", help="[flower.address]")
 def flower(port: int | None, address: str | None) -> None:
-    """Start Flower behind basic authentication ([flower] user and password)."""
+    """Start Flower behind basic authentication ([flower] user and password).
+
+    The password may hold any printable ASCII character, commas included; the user may not hold a
+    colon (HTTP basic authentication cannot tell it from the separator)."""
     settings = _settings()
-    password = settings.flower.password
-    if password is None or not password.get_secret_value():
-        raise click.ClickException(
-            "configuration: flower.password: required (Flower never runs without auth)"
-        )
+    credential = _flower_credential(settings.flower.user, settings.flower.password)
     from workers import app
 
-    # Through the environment, not argv: argv is visible to every user in `ps`.
-    os.environ["FLOWER_BASIC_AUTH"] = f"{settings.flower.user}:{password.get_secret_value()}"
+    # Handed to Flower as one list item by its configuration file (tsbatch/flowerconfig.py), not through
+    # FLOWER_BASIC_AUTH or --basic_auth: both are split on commas (issue #8). Never in argv (`ps`).
+    os.environ.pop("FLOWER_BASIC_AUTH", None)
+    os.environ["TSBATCH_FLOWER_CREDENTIAL"] = credential
     app.start(
         [
             "flower",
+            f"--conf={Path(__file__).with_name('flowerconfig.py')}",
             f"--port={port or settings.flower.port}",
             f"--address={address or settings.flower.address}",
         ]
     )
+
+
+def _flower_credential(user: str, password: SecretStr | None) -> str:
+    """``user:password`` for Flower, or one clear line saying why it cannot be used."""
+    secret = password.get_secret_value() if password is not None else ""
+    if not secret:
+        raise click.ClickException(
+            "configuration: flower.password: required (Flower never runs without auth)"
+        )
+    if ":" in user:
+        raise click.ClickException("configuration: flower.user: must not contain ':' (basic auth separator)")
+    # Flower compares credentials with hmac.compare_digest, which refuses non-ASCII text: every login
+    # would fail with an error page.
+    for name, value in (("user", user), ("password", secret)):
+        if not value.isascii() or not value.isprintable():
+            raise click.ClickException(f"configuration: flower.{name}: printable ASCII characters only")
+    return f"{user}:{secret}"
 
 
 def _field_specs(text: str | None) -> tuple[FieldSpec, ...]:
@@ -210,7 +242,7 @@ def produce(
             retry_dead=retry_dead,
         )
         for problem in sub.rejected_files:
-            click.echo(f"rejected: {problem}", err=True)
+            click.echo(f"rejected: {_printable(problem)}", err=True)
         again = f" ({sub.republished} planned by an earlier run and not done)" if sub.republished else ""
         click.echo(
             f"enqueued {sub.enqueued} chunks ({sub.lines} lines){again}, skipped {sub.skipped} already done",
@@ -316,7 +348,10 @@ def dlq() -> None:
 @click.option("--limit", type=int, default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def dlq_list(job: str | None, limit: int, as_json: bool) -> None:
-    """List dead-lettered lines, chunks and messages (file, line number, reason)."""
+    """List dead-lettered lines, chunks and messages (file, line number, reason).
+
+    Control characters from the files (such as ESC) are printed as \\xNN escapes; --json escapes
+    them as JSON does."""
     with _producer() as producer:
         for n, entry in enumerate(producer.dead_letters(job)):
             if n >= limit:
@@ -326,9 +361,10 @@ def dlq_list(job: str | None, limit: int, as_json: bool) -> None:
                 click.echo(json.dumps({"id": entry.id, **entry.fields}))
                 continue
             where = f"{entry.get('path')}:{entry.get('line')}" if entry.get("line") else entry.get("path")
-            click.echo(
+            text = (
                 f"{entry.id}  {entry.get('kind'):7} {entry.get('reason'):16} {where}: {entry.get('message')}"
             )
+            click.echo(_printable(text))
 
 
 def _select(producer: Any, ids: tuple[str, ...], job: str | None) -> list[Any]:
@@ -374,11 +410,15 @@ def dlq_replay(entry_ids: tuple[str, ...], job: str | None, wait: bool) -> None:
 @dlq.command("export")
 @click.option("--job", required=True)
 def dlq_export(job: str) -> None:
-    """Print the job's rejected lines, as they were in the file, to fix and produce again."""
+    """Print the job's rejected lines, as they were in the file, to fix and produce again.
+
+    A control character in a line (C0 but tab, DEL, C1: ESC among them) is printed as a \\xNN
+    escape, four characters, so that a line cannot drive the terminal; printable text, tabs and
+    backslashes are printed as they are."""
     with _producer() as producer:
         for entry in producer.dead_letters(job):
             if entry.get("kind") == "line":
-                click.echo(entry.get("raw"))
+                click.echo(_printable(entry.get("raw")))
 
 
 @dlq.command("purge")
@@ -403,7 +443,7 @@ def _route_guard() -> Iterator[tuple[Settings, RouteGuard]]:
 
     settings = _settings()
     w = settings.worker
-    client = connect(settings.redis.url)
+    client = connect(settings.redis.url.get_secret_value())
     try:
         yield (
             settings,

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from tsbatch.descriptor import ChunkDescriptor
 from tsbatch.errors import PermanentWriteError, RouteUnavailable, SourceError
 from tsbatch.ledger import RejectedLine
-from tsbatch.sources import confine
+from tsbatch.sources import open_source
 from workers.harness import Attempt, Result
 from workers.parsers import Batch, batches
 from workers.runtime import Runtime
@@ -40,16 +41,10 @@ class Written:
         )
 
 
-def read_range(path: Path, desc: ChunkDescriptor) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(desc.start)
-        data = f.read(desc.end - desc.start)
-    if len(data) != desc.end - desc.start or hashlib.sha256(data).hexdigest() != desc.chunk_sha256:
-        raise SourceError(
-            f"{desc.path}:{desc.first_line}: bytes {desc.start}-{desc.end} changed since planning",
-            reason="source_changed",
-        )
-    return data
+def read_range(desc: ChunkDescriptor, roots: Sequence[Path]) -> bytes:
+    """The chunk's bytes from the file opened once beneath the roots, checked against the plan."""
+    with open_source(desc.path, roots) as src:
+        return src.read_range(desc.start, desc.end, sha256=desc.chunk_sha256, first_line=desc.first_line)
 
 
 def _timings(*, read: float, encode: float, write: float) -> dict[str, int]:
@@ -96,8 +91,7 @@ class ChunkWork:
                 reason="chunk_too_large",
             )
         await self._breaker_allows()
-        path = confine(desc.path, settings.sources.roots)
-        written, rejected, timings = await self._write_all(path, attempt)
+        written, rejected, timings = await self._write_all(attempt)
         digest = hashlib.sha256(b"".join(d for w in written for d in w.digests)).hexdigest()
         points, size = sum(w.points for w in written), sum(w.size for w in written)
         rejected += [r for w in written for r in w.rejected]
@@ -111,9 +105,7 @@ class ChunkWork:
         }
         return Result(points, record, rejected)
 
-    async def _write_all(
-        self, path: Path, attempt: Attempt
-    ) -> tuple[list[Written], list[RejectedLine], dict[str, int]]:
+    async def _write_all(self, attempt: Attempt) -> tuple[list[Written], list[RejectedLine], dict[str, int]]:
         """Read the chunk, write its batches, and return what each write put on the server (in batch
         order), the lines the parser refused and where the time went. The chunk's bytes and bodies are
         released on return."""
@@ -122,7 +114,7 @@ class ChunkWork:
         # On the loop, not in a thread: no write is in flight yet, and a 14 MB buffer allocated in the
         # thread pool's malloc arenas stayed resident after free (worker RSS +40 MB from a 1M- to a
         # 20M-line file; 0 MB when read here; issue #4).
-        data = read_range(path, desc)
+        data = read_range(desc, self.rt.settings.sources.roots)
         t_encode = time.perf_counter()
         writer = self.rt.writer(desc.route)
         rejected: list[RejectedLine] = []
