@@ -19,7 +19,8 @@ import click
 
 from config import ConfigError, Settings, load_settings
 from tsbatch.descriptor import FIELD_KINDS, FORMATS, PRECISIONS, FieldSpec, Format, Mapping, Precision
-from tsbatch.ledger import JobStatus
+from tsbatch.errors import RedisUnreachable
+from tsbatch.ledger import JobStatus, check_reachable
 
 
 @contextmanager
@@ -29,6 +30,8 @@ def _user_errors() -> Iterator[None]:
         yield
     except ConfigError as e:
         raise click.ClickException(f"configuration: {e}") from None
+    except RedisUnreachable as e:
+        raise click.ClickException(str(e)) from None
     except ValueError as e:
         raise click.ClickException(str(e)) from None
 
@@ -38,11 +41,15 @@ def _settings() -> Settings:
         return load_settings()
 
 
-def _producer() -> Any:
-    """The producer API over the settings (imported late: ``--help`` need not load Celery)."""
+def _producer(settings: Settings | None = None) -> Any:
+    """The producer API over the settings (imported late: ``--help`` need not load Celery), once one
+    quick PING has shown that Redis answers: a person should not wait out the workers' retry policy."""
+    settings = settings or _settings()
+    with _user_errors():
+        check_reachable(settings.redis.url)
     from producers import Producer
 
-    return Producer(_settings())
+    return Producer(settings)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
