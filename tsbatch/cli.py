@@ -150,7 +150,15 @@ def _mapping(fmt: str, opts: dict[str, Any]) -> Mapping | None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--route", required=True, help="Route name from the settings ([routes.NAME]).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="lp", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="ns", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="ns",
+    show_default=True,
+    help="The unit of the file's integer timestamps (line protocol, --time-format epoch) and the "
+    "precision written: RFC 3339 times are floored to it. A warning names files whose first "
+    "timestamps look like another unit.",
+)
 @click.option("--measurement", help="CSV/JSONL: measurement name for every record.")
 @click.option("--measurement-column", help="CSV/JSONL: column holding the measurement.")
 @click.option("--tag-columns", help="CSV/JSONL: a,b,c")
@@ -172,14 +180,26 @@ def produce(
 ) -> None:
     """Plan PATHS into chunks and enqueue them; print the job id."""
     settings = _settings()
+    with _user_errors():
+        settings.route(route)  # a wrong route name stops the command before any file is read
     mapping = _mapping(fmt, opts)
-    from producers import Producer, new_job_id
+    files = [os.path.abspath(p) for p in paths]
+    producer = _producer(settings)  # first: Redis down is reported before Celery is even imported
+    from producers import new_job_id, preflight
 
-    with Producer(settings) as producer, _user_errors():
+    with producer, _user_errors():
         job_id = new_job_id()
         click.echo(job_id)  # first, so that a long planning run can be followed (and named) at once
+        for warning in preflight.check_paths(
+            files,
+            roots=settings.sources.roots,
+            format=cast(Format, fmt),
+            precision=cast(Precision, precision),
+            mapping=mapping,
+        ):
+            click.echo(f"warning: {warning}", err=True)
         sub = producer.submit(
-            [os.path.abspath(p) for p in paths],
+            files,
             route=route,
             format=cast(Format, fmt),
             mapping=mapping,
