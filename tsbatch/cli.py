@@ -44,7 +44,7 @@ def _settings() -> Settings:
 def _producer(settings: Settings | None = None) -> Any:
     """The producer API over the settings (imported late: ``--help`` need not load Celery), once one
     quick PING has shown that Redis answers: a person should not wait out the workers' retry policy."""
-    settings = settings or _settings()
+    settings = settings if settings is not None else _settings()
     with _user_errors():
         check_reachable(settings.redis.url)
     from producers import Producer
