@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -56,6 +57,18 @@ class RedisSettings(_Section):
 class SourceSettings(_Section):
     roots: list[Path] = Field(default_factory=list)
 
+    @field_validator("roots")
+    @classmethod
+    def _existing_absolute_dirs(cls, roots: list[Path]) -> list[Path]:
+        # Checked at load, not at the first file: a typo in a root otherwise surfaces as every file
+        # "outside the source roots", on every worker (issue #8).
+        for root in roots:
+            if not root.is_absolute():
+                raise ValueError(f"{root}: must be an absolute path")
+            if not root.is_dir():
+                raise ValueError(f"{root}: {'not a directory' if root.exists() else 'no such directory'}")
+        return roots
+
 
 class RouteSettings(_Section):
     """One InfluxDB v2 target. Descriptors carry the route's name, never its URL or token."""
@@ -78,6 +91,10 @@ class RouteSettings(_Section):
     def _one_token_source(self) -> RouteSettings:
         if self.token is not None and self.token_file is not None:
             raise ValueError("give token or token_file, not both")
+        # A forgotten token otherwise shows up only as 401s from every worker. A server without
+        # authentication (VictoriaMetrics, a local InfluxDB 1.x) is said so explicitly: token = "".
+        if self.token is None and self.token_file is None:
+            raise ValueError('give token or token_file (token = "" for a server without authentication)')
         return self
 
     def token_value(self) -> str:
@@ -109,6 +126,16 @@ class WorkerSettings(_Section):
     retry_after_max_s: float = Field(default=constants.RETRY_AFTER_MAX_S, gt=0)
     breaker_threshold: int = Field(default=constants.BREAKER_THRESHOLD, ge=1)
     breaker_cooldown_s: float = Field(default=constants.BREAKER_COOLDOWN_S, gt=0)
+
+    @field_validator("retry_max_s")
+    @classmethod
+    def _retry_inside_visibility(cls, v: float, info: ValidationInfo) -> float:
+        # A retry is an ETA message that stays unacknowledged while it waits: a countdown longer than
+        # the visibility timeout gets it delivered again, in parallel (celery#5935).
+        visibility = info.data.get("visibility_timeout_s")
+        if visibility is not None and v > visibility:
+            raise ValueError(f"{v:g} s is above worker.visibility_timeout_s ({visibility} s)")
+        return v
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> WorkerSettings:
@@ -186,7 +213,8 @@ def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "settings"
-        lines.append(f"{where}: {e['msg']}")
+        msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix says nothing to a user
+        lines.append(f"{where}: {msg}")
     return "; ".join(lines)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from config import Settings
 from config.constants import PLANNING_STALE_S, SCHEMA_VERSION
@@ -25,7 +26,7 @@ from producers import planner
 from tsbatch.descriptor import ChunkDescriptor, Format, Mapping, Precision
 from tsbatch.envelope import TASK_NAME, create_app
 from tsbatch.errors import SourceError
-from tsbatch.ledger import DeadLetter, JobStatus, now_ms, open_ledger
+from tsbatch.ledger import DeadLetter, JobStatus, now_ms, open_ledger, unreachable
 from tsbatch.sources import Source, open_source
 
 BACKPRESSURE_POLL_S = 0.2
@@ -96,7 +97,7 @@ class Producer:
         self.connect_broker()
         self.ledger.create_job(sub.job_id, route=route, paths=[str(p) for p in paths])
         try:
-            for path in _expand(paths):
+            for path in planner.expand(paths):
                 self.ledger.planning(sub.job_id, str(path))
                 try:
                     for desc in self.plan(
@@ -175,7 +176,8 @@ class Producer:
             if rng.end - rng.start > p.max_chunk_bytes:
                 raise SourceError(
                     f"{resolved}:{rng.first_line}: {rng.line_count} lines make a chunk of "
-                    f"{rng.end - rng.start} bytes, over producer.max_chunk_bytes ({p.max_chunk_bytes}): lower producer.chunk_lines",
+                    f"{rng.end - rng.start} bytes, over producer.max_chunk_bytes ({p.max_chunk_bytes}): "
+                    "lower producer.chunk_lines",
                     reason="chunk_too_large",
                 )
             yield ChunkDescriptor(
@@ -200,9 +202,13 @@ class Producer:
     def connect_broker(self) -> None:
         """Connect to the broker and declare the queue before a job exists: an unreachable broker stops
         the producer before anything is recorded, and the first chunk is not held up by the connection
-        (30 ms of a 2M-line job's start, issue #4)."""
+        (30 ms of a 2M-line job's start, issue #4). Retries for about 2 s, not kombu's default 12 s, and
+        fails with ``RedisUnreachable`` naming host and port only (issue #8)."""
         with self.celery.producer_or_acquire() as producer:
-            producer.connection.ensure_connection(max_retries=3)
+            try:
+                producer.connection.ensure_connection(max_retries=3, interval_start=0.2, interval_step=0.4)
+            except OperationalError as e:
+                raise unreachable(self.settings.redis.url.get_secret_value(), e) from None
             producer.maybe_declare(self.celery.amqp.queues[self.settings.producer.queue])
 
     def _enqueue(self, desc: ChunkDescriptor, sub: Submission, *, retry_dead: bool = False) -> None:
@@ -297,15 +303,6 @@ class Producer:
             raise
         self.ledger.finish_planning(sub.job_id)
         return sub
-
-
-def _expand(paths: Sequence[str | Path]) -> Iterator[Path]:
-    """Files as given; a directory stands for the regular files below it, in name order."""
-    for p in map(Path, paths):
-        if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-        else:
-            yield p
 
 
 def _with_columns(mapping: Mapping, columns: tuple[str, ...], path: Path) -> Mapping:

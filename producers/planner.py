@@ -5,13 +5,22 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from config.constants import READ_BLOCK_BYTES
 from tsbatch.errors import SourceError
 from tsbatch.newlines import nth_newline
+
+
+def expand(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Files as given; a directory stands for the regular files below it, in name order."""
+    for p in map(Path, paths):
+        if p.is_dir():
+            yield from sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        else:
+            yield p
 
 
 @dataclass(frozen=True, slots=True)

@@ -722,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     res = Results(sizes=sizes, info=machine(), load_start=load())
     say(f"load {res.load_start}; data in {DATA_DIR}")
     shutil.rmtree(WORKDIR / "stack", ignore_errors=True)
+    DATA_DIR.mkdir(parents=True, exist_ok=True)  # a source root must exist when the settings load
     stack = start_stack(WORKDIR / "stack", roots=[DATA_DIR])
     try:
         start_workers(stack)

@@ -1190,6 +1190,7 @@ SCENARIOS = [
         rules=long_rules,
         worker={
             "visibility_timeout_s": LONG_VISIBILITY_S,
+            "retry_max_s": LONG_VISIBILITY_S,  # the settings refuse a countdown above the visibility timeout
             "unacked_restore_interval_s": 1,
             "writes_in_flight": 1,
         },

@@ -25,7 +25,8 @@ from pydantic import SecretStr
 
 from config import ConfigError, Settings, load_settings
 from tsbatch.descriptor import FIELD_KINDS, FORMATS, PRECISIONS, FieldSpec, Format, Mapping, Precision
-from tsbatch.ledger import JobStatus
+from tsbatch.errors import RedisUnreachable
+from tsbatch.ledger import JobStatus, check_reachable
 
 if TYPE_CHECKING:
     from tsbatch.breaker import RouteGuard, RouteState
@@ -38,6 +39,8 @@ def _user_errors() -> Iterator[None]:
         yield
     except ConfigError as e:
         raise click.ClickException(f"configuration: {e}") from None
+    except RedisUnreachable as e:
+        raise click.ClickException(str(e)) from None
     except ValueError as e:
         raise click.ClickException(str(e)) from None
 
@@ -57,11 +60,15 @@ def _settings() -> Settings:
         return load_settings()
 
 
-def _producer() -> Any:
-    """The producer API over the settings (imported late: ``--help`` need not load Celery)."""
+def _producer(settings: Settings | None = None) -> Any:
+    """The producer API over the settings (imported late: ``--help`` need not load Celery), once one
+    quick PING has shown that Redis answers: a person should not wait out the workers' retry policy."""
+    settings = settings if settings is not None else _settings()
+    with _user_errors():
+        check_reachable(settings.redis.url.get_secret_value())
     from producers import Producer
 
-    return Producer(_settings())
+    return Producer(settings)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -181,7 +188,15 @@ def _mapping(fmt: str, opts: dict[str, Any]) -> Mapping | None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--route", required=True, help="Route name from the settings ([routes.NAME]).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="lp", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="ns", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="ns",
+    show_default=True,
+    help="The unit of the file's integer timestamps (line protocol, --time-format epoch) and the "
+    "precision written: RFC 3339 times are floored to it. A warning names files whose first "
+    "timestamps look like another unit.",
+)
 @click.option("--measurement", help="CSV/JSONL: measurement name for every record.")
 @click.option("--measurement-column", help="CSV/JSONL: column holding the measurement.")
 @click.option("--tag-columns", help="CSV/JSONL: a,b,c")
@@ -226,14 +241,26 @@ def produce(
     before but not done (an interrupted run) are enqueued again, and each chunk is written once.
     """
     settings = _settings()
+    with _user_errors():
+        settings.route(route)  # a wrong route name stops the command before any file is read
     mapping = _mapping(fmt, opts)
-    from producers import Producer, new_job_id
+    files = [os.path.abspath(p) for p in paths]
+    producer = _producer(settings)  # first: Redis down is reported before Celery is even imported
+    from producers import new_job_id, preflight
 
-    with Producer(settings) as producer, _user_errors():
+    with producer, _user_errors():
         job_id = new_job_id()
         click.echo(job_id)  # first, so that a long planning run can be followed (and named) at once
+        for warning in preflight.check_paths(
+            files,
+            roots=settings.sources.roots,
+            format=cast(Format, fmt),
+            precision=cast(Precision, precision),
+            mapping=mapping,
+        ):
+            click.echo(f"warning: {warning}", err=True)
         sub = producer.submit(
-            [os.path.abspath(p) for p in paths],
+            files,
             route=route,
             format=cast(Format, fmt),
             mapping=mapping,

@@ -7,7 +7,8 @@
     │   │   └── TokenUnavailable       the route's token_file is missing, unreadable or empty (mid-rotation)
     │   └── PermanentWriteError    retrying cannot help: 401, 403, 404 (misconfigured route)
     ├── RouteUnavailable       the route's shared circuit breaker is open: defer, it is not the chunk's fault
-    └── LeaseLost              this worker's claim on a chunk was taken over; stop without committing
+    ├── LeaseLost              this worker's claim on a chunk was taken over; stop without committing
+    └── RedisUnreachable       a command-line tool cannot reach Redis (workers ride restarts out instead)
 
 ``config.ConfigError`` (settings) and ``tsbatch.descriptor.DescriptorError`` (bad descriptors) live with
 the code that raises them.
@@ -58,3 +59,8 @@ class RouteUnavailable(TsbatchError):
 
 class LeaseLost(TsbatchError):
     """Another worker holds the chunk now; this one must not commit it."""
+
+
+class RedisUnreachable(TsbatchError):
+    """Redis did not answer a command-line tool's first PING. The message names host and port only:
+    ``redis.url`` may hold a password."""

@@ -28,16 +28,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from config import Settings, constants
+from tsbatch.errors import RedisUnreachable
 
 
 def now_ms() -> int:
@@ -56,6 +58,50 @@ def connect(url: str) -> redis.Redis:
         # BusyLoadingError: a restarted Redis answers LOADING while it replays its AOF.
         retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
     )
+
+
+# A person waits at the terminal: a Redis on the same network answers a PING in milliseconds, so two
+# seconds without an answer means down (the patient client above spends ~11 s on its 8 retries).
+REACHABLE_TIMEOUT_S = 2.0
+
+
+def address(url: str) -> str:
+    """``host:port`` (or the socket path) of a Redis URL, without the user or password it may hold."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
+def unreachable(url: str, error: Exception) -> RedisUnreachable:
+    """One line for a person: where, why (the OS's reason, never the URL), and which setting to check."""
+    cause: BaseException | None = error
+    reason = ""
+    while cause is not None and not reason:
+        if isinstance(cause, redis.TimeoutError | TimeoutError):
+            reason = "timed out"
+        elif isinstance(cause, OSError) and cause.strerror:
+            reason = cause.strerror
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(error, redis.AuthenticationError):
+        reason = "authentication failed"
+    hint = "check the password" if reason == "authentication failed" else "is redis-server running?"
+    return RedisUnreachable(
+        f"redis: cannot connect to {address(url)} ({reason or type(error).__name__}): {hint} [redis.url]"
+    )
+
+
+def check_reachable(url: str, *, timeout_s: float = REACHABLE_TIMEOUT_S) -> None:
+    """One PING without retries, so that a command fails in seconds when Redis is down."""
+    client = redis.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        raise unreachable(url, e) from None
+    finally:
+        client.close()
 
 
 @dataclass(frozen=True, slots=True)
