@@ -129,7 +129,7 @@ def test_a_directory_swapped_for_a_symlink_after_planning_is_dead_lettered_and_n
     datagen.write(src, "lp", series=2, points_per_series=5)
     produced = cli(stack, "produce", str(src), "--route", "default")  # no worker yet: planned, queued
     job = produced.stdout.splitlines()[0]
-    assert produced.returncode == 0 and ledger(stack).job(job).enqueued == 1, produced.stderr
+    assert produced.returncode == 0 and ledger(stack).job(job).units == 1, produced.stderr
 
     # The same bytes outside the roots: read, they would pass the chunk's SHA-256 check.
     elsewhere = tmp_path / "elsewhere"
