@@ -10,6 +10,7 @@ from typing import Any
 from celery import Celery
 
 from config import Settings, load_settings
+from tsbatch.transport import TRANSPORT
 
 TASK_NAME = "tsbatch.ingest_chunk"
 
@@ -18,6 +19,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     w = settings.worker
     return {
         "broker_url": settings.redis.url.get_secret_value(),
+        # kombu's Redis transport, except that a Redis out of memory is waited out, not fatal.
+        "broker_transport": TRANSPORT,
         # Results live in the ledger; a result backend would only duplicate them.
         "task_ignore_result": True,
         "result_backend": None,

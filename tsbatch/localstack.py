@@ -333,6 +333,7 @@ def start_stack(
     routes: tuple[str, ...] = ("default",),
     worker: Mapping[str, Any] | None = None,
     producer: Mapping[str, Any] | None = None,
+    ledger: Mapping[str, Any] | None = None,
     redis_appendonly: bool = False,
 ) -> Stack:
     """Redis and one VictoriaMetrics per route, plus the settings file that points at them."""
@@ -357,6 +358,7 @@ def start_stack(
         },
         "worker": dict(worker or {}),
         "producer": dict(producer or {}),
+        "ledger": dict(ledger or {}),
     }
     stack = Stack(workdir=workdir, redis=red, routes=vms, config=workdir / "tsbatch.toml", settings=settings)
     stack.write_config()

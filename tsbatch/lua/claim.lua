@@ -18,7 +18,8 @@ end
 if not state then
   -- A message whose unit the ledger does not know (sent around the producer, or its record lost with
   -- the last second of an AOF): adopt it, so it is tracked, swept and committed like any other.
-  redis.call('HSET', KEYS[1], 'state', 'planned', 'desc', ARGV[6], 'planned_ms', ARGV[3], 'adopted', 1)
+  redis.call('HSET', KEYS[1], 'state', 'planned', 'desc', ARGV[6], 'planned_ms', ARGV[3], 'pub_ms', ARGV[3],
+    'adopted', 1)
   redis.call('HINCRBY', KEYS[4], 'adopted', 1)
 end
 local token = redis.call('INCR', KEYS[3])
@@ -28,11 +29,11 @@ redis.call('HSET', KEYS[1], 'claimed_ms', ARGV[3])
 local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
 -- The sweeper looks again once this lease could have lapsed.
 redis.call('ZADD', KEYS[5], tonumber(ARGV[3]) + tonumber(ARGV[2]) + tonumber(ARGV[5]), ARGV[7])
--- Messages are consumed in publishing order: a unit planned before the newest one claimed, and never
--- claimed itself, lost its message (see sweep.lua).
-local planned = tonumber(redis.call('HGET', KEYS[1], 'planned_ms') or '0')
-if planned > tonumber(redis.call('GET', KEYS[6]) or '0') then
-  redis.call('SET', KEYS[6], planned)
+-- Messages are consumed in publishing order: the newest publication claimed so far tells the sweeper
+-- which unclaimed units' messages are lost (see sweep.lua).
+local published = tonumber(redis.call('HGET', KEYS[1], 'pub_ms') or '0')
+if published > tonumber(redis.call('GET', KEYS[6]) or '0') then
+  redis.call('SET', KEYS[6], published)
 end
 redis.call('HINCRBY', KEYS[4], 'claims', 1)
 if attempts > tonumber(ARGV[4]) then

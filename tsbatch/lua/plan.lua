@@ -22,7 +22,7 @@ if state == 'dead' then
 end
 if not state then
   redis.call('HSET', KEYS[1], 'state', 'planned', 'desc', ARGV[2], 'job', ARGV[1], 'planned_ms', ARGV[3],
-    'attempts', 0, 'failures', 0)
+    'pub_ms', ARGV[3], 'attempts', 0, 'failures', 0)
   redis.call('SADD', KEYS[2], ARGV[1])
   redis.call('HINCRBY', KEYS[3], 'units', 1)
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[6])
@@ -31,4 +31,5 @@ end
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
   redis.call('HINCRBY', KEYS[3], 'units', 1)
 end
+redis.call('HSET', KEYS[1], 'pub_ms', ARGV[3])  -- the producer publishes it again at once
 return 'planned'
