@@ -34,15 +34,17 @@ WRITE_TIMEOUT_S: Final = 30.0
 """Per-request timeout. InfluxDB answers a 5,000-line write in milliseconds; 30 s covers compactions."""
 
 LEASE_TTL_S: Final = 60.0
-"""A claim on a chunk expires this long after its last heartbeat, so a SIGKILLed worker's chunk is
-taken over within a minute instead of waiting for the broker's visibility timeout (celery-once#147)."""
+"""A claim on a chunk expires this long after its last heartbeat; the outbox sweeper then publishes the
+chunk again, so a SIGKILLed worker's chunk is taken over within this plus ``SWEEP_INTERVAL_S`` instead of
+the broker's visibility timeout (celery-once#147)."""
 
 HEARTBEAT_S: Final = 10.0
 """Lease renewal period: six renewals may fail before a live worker's lease lapses."""
 
 VISIBILITY_TIMEOUT_S: Final = 3_600
 """Redis transport redelivers an unacknowledged message after this long (celery#5935). It must exceed
-the longest chunk and the longest retry countdown; the ledger's lease fences any early redelivery."""
+the longest chunk and the longest retry countdown; the ledger's lease fences any early redelivery. Only a
+backstop: the outbox sweeper recovers a dead node's chunks within a lease and a sweep."""
 
 UNACKED_RESTORE_INTERVAL_S: Final = 60
 """How often a worker sweeps Redis for unacked messages older than the visibility timeout. kombu's

@@ -1191,6 +1191,7 @@ SCENARIOS = [
         worker={
             "visibility_timeout_s": LONG_VISIBILITY_S,
             "retry_max_s": LONG_VISIBILITY_S,  # the settings refuse a countdown above the visibility timeout
+            "retry_after_max_s": LONG_VISIBILITY_S - 1,
             "unacked_restore_interval_s": 1,
             "writes_in_flight": 1,
         },

@@ -380,6 +380,13 @@ def dlq_list(job: str | None, limit: int, as_json: bool) -> None:
     Control characters from the files (such as ESC) are printed as \\xNN escapes; --json escapes
     them as JSON does."""
     with _producer() as producer:
+        trimmed = producer.ledger.stats().get("dlq_trimmed", 0)
+        if trimmed:
+            click.echo(
+                f"warning: {trimmed} older entries were trimmed from the dead-letter queue "
+                "(ledger.dlq_maxlen)",
+                err=True,
+            )
         for n, entry in enumerate(producer.dead_letters(job)):
             if n >= limit:
                 click.echo("... more entries; raise --limit", err=True)
