@@ -94,12 +94,8 @@ def main() -> None:
             proc.stop()
     per_million = 1_000_000 / args.chunks / 2**20
     print(f"chunks: {args.chunks:,}")
-    print(
-        f"planned (in the outbox, descriptor kept): {(planned - base) * per_million:,.0f} MiB per million chunks"
-    )
-    print(
-        f"committed (record kept, descriptor dropped): {(committed - base) * per_million:,.0f} MiB per million chunks"
-    )
+    for stage, at in (("planned, in the outbox with its descriptor", planned), ("committed", committed)):
+        print(f"{stage}: {(at - base) * per_million:,.0f} MiB per million chunks")
 
 
 if __name__ == "__main__":
