@@ -360,6 +360,9 @@ def status(job: str, as_json: bool) -> None:
         problem = producer.planning_problem(st)
     if not st.exists:
         raise click.ClickException(f"no job {job}")
+    if as_json:
+        click.echo(json.dumps({**_summary(st), "planning_problem": problem}))
+        return
     _print_summary(st, as_json)
     if problem:
         click.echo(problem, err=True)

@@ -190,6 +190,12 @@ class Attempt:
             dlq_common=common,
         )
         if not committed:
+            log.warning(
+                "commit fenced job=%s key=%s: the lease was lost (another worker holds the unit now); "
+                "not counted as done here",
+                work.job_id,
+                work.key[:12],
+            )
             raise LeaseLost(work.key)
         log.info(
             "committed job=%s key=%s %s points=%d rejected=%d ms=%d",

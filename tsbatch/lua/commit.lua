@@ -5,11 +5,14 @@
 --       now_ms, dlq_common (JSON), retention_s, dlq_maxlen, job key prefix, unit key
 -- Returns 1, or 0 if fenced out.
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
+    return 1  -- committed by this very holder: the client retried after the reply was lost
+  end
   redis.call('HINCRBY', KEYS[4], 'commit_fenced', 1)
   return 0
 end
 local rec = cjson.decode(ARGV[2])
-local fields = {'state', 'committed', 'committed_ms', ARGV[4]}
+local fields = {'state', 'committed', 'committed_ms', ARGV[4], 'holder', ARGV[1]}
 for k, v in pairs(rec) do
   table.insert(fields, k)
   table.insert(fields, tostring(v))
