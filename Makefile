@@ -1,6 +1,7 @@
 # tsbatch: `make demo` and `make test` work on a fresh Debian/Ubuntu machine (see README.md).
 #
-#   make setup   redis-server and victoria-metrics (apt-get, only if missing), .venv with the project
+#   make setup   redis-server, victoria-metrics, iproute2 and nftables (apt-get, only if missing; ip and
+#                nft build the network partition of tests/test_partition.py), .venv with the project
 #   make demo    1,000,000 points through the whole pipeline and read back (DEMO_ARGS=--keep to keep it)
 #   make test    the test suite, on its own redis-server and VictoriaMetrics instances
 #   make bench   docs/BENCHMARKS.md's measurements (scripts/bench.py; BENCH_ARGS=--quick for a smoke run)
@@ -26,6 +27,9 @@ system-packages:
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v victoria-metrics >/dev/null 2>&1 || command -v victoria-metrics-prod >/dev/null 2>&1 \
 		|| missing="$$missing victoria-metrics"; \
+	PATH="$$PATH:/usr/sbin:/sbin"; \
+	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing with apt-get"; \
 		$(SUDO) apt-get update && \

@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,7 +128,12 @@ def _spawn(
         out.close()
 
 
-def start_redis(workdir: Path, *, port: int | None = None, appendonly: bool = False) -> Process:
+def start_redis(
+    workdir: Path, *, port: int | None = None, appendonly: bool = False, also_bind: Sequence[str] = ()
+) -> Process:
+    """A redis-server on 127.0.0.1 and, with ``also_bind``, on those addresses too (e.g. the root side of
+    a veth pair, for a worker in a network namespace). Protected mode refuses every client that is not on
+    loopback, so it is off when other addresses are bound: bind only addresses private to the machine."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server not found: apt-get install redis-server")
@@ -142,6 +147,8 @@ def start_redis(workdir: Path, *, port: int | None = None, appendonly: bool = Fa
         str(port),
         "--bind",
         "127.0.0.1",
+        *also_bind,
+        *(["--protected-mode", "no"] if also_bind else []),
         "--dir",
         str(data),
         "--save",
@@ -292,12 +299,17 @@ class Stack:
         name: str | None = None,
         pool: str = "prefork",
         extra_env: Mapping[str, str] | None = None,
+        netns: str | None = None,
     ) -> Process:
+        """Start a worker and wait until it is ready. ``netns``: run it in that network namespace
+        (``ip netns exec``, which execs the worker: the process's pid is the worker's own)."""
         name = name or f"w{len(self.workers) + 1}"
         log = self.workdir / f"worker-{name}.log"
         argv = self.tsbatch(
             "worker", "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--pool", pool
         )
+        if netns is not None:
+            argv = ["ip", "netns", "exec", netns, *argv]
         proc = _spawn(name, argv, log, {**self.env(), **(extra_env or {})})
         worker = Process(name, proc, log)
         _wait(lambda: "ready." in log.read_text(errors="replace"), f"worker {name}", proc, log, 60)
@@ -335,12 +347,13 @@ def start_stack(
     producer: Mapping[str, Any] | None = None,
     ledger: Mapping[str, Any] | None = None,
     redis_appendonly: bool = False,
+    redis_also_bind: Sequence[str] = (),
 ) -> Stack:
     """Redis and one VictoriaMetrics per route, plus the settings file that points at them."""
     workdir.mkdir(parents=True, exist_ok=True)
     started: list[Process] = []
     try:
-        red = start_redis(workdir, appendonly=redis_appendonly)
+        red = start_redis(workdir, appendonly=redis_appendonly, also_bind=redis_also_bind)
         started.append(red)
         vms = {}
         for name in routes:
