@@ -62,17 +62,18 @@ class Mapping(_Frozen):
         if not self.field_columns:
             raise ValueError("at least one field column is required")
         if self.measurement is not None:
-            _writable_name("measurement", self.measurement)
+            writable_name("measurement", self.measurement)
         for tag in self.tag_columns:
-            _writable_name("tag key", tag)
+            writable_name("tag key", tag)
         for spec in self.field_columns:
-            _writable_name("field key", spec.name)
+            writable_name("field key", spec.name)
         return self
 
 
-def _writable_name(kind: str, raw: str) -> None:
-    """Refuse names that would make a line the server misreads or rejects (checked once, at planning,
-    and again by every worker that parses the descriptor)."""
+def writable_name(kind: str, raw: str) -> None:
+    """Refuse a name that would make a line the server misreads or rejects: checked in every mapping
+    (at planning and by every worker that parses the descriptor) and for each measurement read from a
+    record's column."""
     if not raw:
         raise ValueError(f"{kind} is empty")
     if raw.endswith("\\"):

@@ -10,7 +10,7 @@ from datetime import date
 from itertools import repeat
 from typing import Final, TypeVar
 
-from tsbatch.descriptor import FieldKind, Mapping, Precision
+from tsbatch.descriptor import FieldKind, Mapping, Precision, writable_name
 from workers.lineprotocol import (
     convert_field,
     escape_key,
@@ -89,13 +89,9 @@ def _number(value: int | float, kind: FieldKind) -> str:
 
 
 def _name(kind: str, raw: str, escaped: str) -> str:
-    """Refuse names that influxdb_client.Point would write into a line the server misreads or rejects."""
-    if not raw:
-        raise ValueError(f"{kind} is empty")
-    if escaped.endswith("\\"):
-        raise ValueError(f"{kind} '{raw}' ends with a backslash")
-    if kind == "measurement" and escaped.startswith("#"):
-        raise ValueError(f"measurement '{raw}' starts with '#' (a comment line)")
+    """``escaped``, if ``raw`` is a name influxdb_client.Point would not write into a line the server
+    misreads or rejects."""
+    writable_name(kind, raw)
     return escaped
 
 
