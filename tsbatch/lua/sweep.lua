@@ -2,7 +2,8 @@
 -- next look into the future, so that concurrent sweepers do not publish the same unit twice in a row
 -- (and a sweeper that dies after this step has its units swept again later).
 -- KEYS: outbox, queue (the broker's list), claimed_mark, stats
--- ARGV: now_ms, limit, republish_after_ms, unit key prefix, lease key prefix, grace_ms
+-- ARGV: now_ms, limit, republish_after_ms, unit key prefix, lease key prefix, grace_ms (a never-claimed
+--       unit's margin over the newest claim), lease_grace_ms (a look this long after a live lease lapses)
 -- A unit is overdue when it is due and
 --   - it was claimed before (a Celery retry that never came back, a holder that died): its lease is gone;
 --   - it was never claimed: the broker queue is empty, or units planned after it have been claimed
@@ -20,7 +21,8 @@ for _, key in ipairs(due) do
   if state ~= 'planned' or not desc then
     redis.call('ZREM', KEYS[1], key)
   elseif redis.call('EXISTS', lease) == 1 then
-    redis.call('ZADD', KEYS[1], now + redis.call('PTTL', lease) + tonumber(ARGV[6]), key)
+    -- Its holder renews it while alive; once it lapses nobody can (renew.lua), so look right after.
+    redis.call('ZADD', KEYS[1], now + redis.call('PTTL', lease) + tonumber(ARGV[7]), key)
   elseif tonumber(attempts or '0') == 0 and queued > 0
       and tonumber(planned or '0') + tonumber(ARGV[6]) > mark then
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), key)
