@@ -1589,7 +1589,8 @@ def poison_kill_checks(run: Run, fig: Figures) -> list[Check]:
             f"{len(kills)}",
         ),
         Check(
-            f"the chosen unit dead-lettered as poison after {max_attempts} claims, with its history",
+            f"the chosen unit dead-lettered as poison at claim {max_attempts + 1}, with its descriptor and "
+            "history (transient failures only: a killed claim records none)",
             unit.get("state") == "dead"
             and len(entries) == 1
             and got.get("reason") == "poison"
@@ -1710,6 +1711,7 @@ SCENARIOS = [
         worker={
             "visibility_timeout_s": LONG_VISIBILITY_S,
             "retry_max_s": LONG_VISIBILITY_S,  # the settings refuse a countdown above the visibility timeout
+            "retry_after_max_s": LONG_VISIBILITY_S - 1,  # and a Retry-After cap that is not below it
             "unacked_restore_interval_s": 1,
             "writes_in_flight": 1,
         },
