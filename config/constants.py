@@ -84,6 +84,13 @@ REPUBLISH_AFTER_S: Final = 60.0
 lost: an interrupted producer, a node that died holding it). A duplicate message is harmless (it meets
 the claim) but costs a round trip, so this is well above a chunk's ~0.5 s in a worker's hands."""
 
+LEASE_GRACE_S: Final = 1.0
+"""The sweeper looks at a claimed unit this long after its lease could have lapsed. A lapsed lease
+cannot be renewed by its holder (renew.lua extends only a live one), so waiting longer gains nothing:
+the chaos scenario worker-kill measured 24 s from a SIGKILL to the commit with a grace of one lease
+(10 s), where lease + sweep interval is 15 s; a lease still alive at a look was looked at again only
+after ``republish_after_s`` (60 s) more."""
+
 SWEEP_INTERVAL_S: Final = 5.0
 """How often each worker's main process sweeps the outbox: a unit whose holder died is published
 again within ``lease_ttl_s`` plus this. One Lua call per sweep."""

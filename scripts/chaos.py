@@ -1,4 +1,5 @@
-"""``make chaos``: the failure scenarios of issue #3, measured, and docs/RELIABILITY.md written from them.
+"""``make chaos``: the failure scenarios of issues #3 and #8, measured, and docs/RELIABILITY.md written
+from them.
 
 Each scenario runs on a fresh local stack in ``var/chaos/<scenario>/`` (redis-server, VictoriaMetrics
 behind a fault-injection InfluxDB server, two single-process workers), ingests a generated file of
@@ -10,6 +11,7 @@ everything back and counts:
     rewrites     rows the server accepted beyond the distinct samples it holds: a batch written again
                  after a crash, harmless since InfluxDB overwrites a point with the same series and time
     committed twice, redeliveries, failed writes, chunk retries, time to recover, stuck workers
+    stranded     units left `planned` in the ledger or left in its outbox once the job is done
 
 A worker is stuck unless, after the scenario, it is alive, answers a Celery ping and executes a chunk
 of a probe job (sent on a second route, so that the probe never mixes with the figures).
@@ -39,6 +41,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -56,8 +59,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.faultserver is not part of the installed package
 
 from config import CONFIG_ENV, load_settings
-from config.constants import SCHEMA_VERSION, VISIBILITY_TIMEOUT_S
+from config.constants import (
+    LEASE_TTL_S,
+    REPUBLISH_AFTER_S,
+    SCHEMA_VERSION,
+    SWEEP_INTERVAL_S,
+    VISIBILITY_TIMEOUT_S,
+)
 from producers import Producer
+from producers.api import QUEUE_CHECK_EVERY
 from tests.faultserver import FaultServer
 from tsbatch import datagen
 from tsbatch.descriptor import ChunkDescriptor
@@ -179,6 +189,13 @@ class Scenario:
     expected_log: tuple[str, ...] = ()  # ERROR lines the fault itself causes
     lands: bool = True  # every chunk must commit (else: every chunk must be dead-lettered with a reason)
     recovery: str = ""  # what "time to recover" measures here; "" when there is no end of a fault
+    ledger: dict[str, Any] = field(default_factory=dict)  # the [ledger] settings that differ
+    producer: dict[str, Any] = field(default_factory=dict)  # the [producer] settings that differ
+    # How the job is submitted once the workers run: by default through the producer API; a scenario
+    # may instead lose messages on purpose, or kill `tsbatch produce` (then ``workers_first`` is False
+    # and it starts the workers itself). Returns the job id the figures are about.
+    submit: Callable[[Run, Producer], str] | None = None
+    workers_first: bool = True
 
 
 # -- the run ------------------------------------------------------------------------------------------
@@ -201,6 +218,7 @@ class Run:
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # scenario-specific measurements
     seconds: float = 0.0
+    cleanup: list[Callable[[], None]] = field(default_factory=list)  # threads to stop at the end
     _ledger: Ledger | None = None
 
     @property
@@ -277,9 +295,10 @@ def start(scenario: Scenario, sizes: Sizes, root: Path) -> Run:
         workdir / "stack",
         roots=[data],
         worker={**COMMON_WORKER, "batch_lines": sizes.batch_lines, **scenario.worker},
-        producer={"chunk_lines": sizes.chunk_lines},
+        producer={"chunk_lines": sizes.chunk_lines, **scenario.producer},
         redis_appendonly=scenario.appendonly,
     )
+    stack.settings["ledger"] = dict(scenario.ledger)
     proxies: list[FaultServer] = []
     try:
         vm = stack.routes[ROUTE].url
@@ -308,6 +327,8 @@ def configure_routes(stack: Stack, scenario: Scenario, url: str, probe_url: str)
 
 
 def stop(run: Run) -> None:
+    for hook in run.cleanup:
+        hook()
     for proxy in (run.proxy, run.probe_proxy):
         proxy.stop()
     run.stack.stop()
@@ -317,21 +338,30 @@ def stop(run: Run) -> None:
 
 def execute(run: Run) -> None:
     """Start the workers, submit the file, inject the faults, wait for the job to be done."""
-    for n in range(WORKERS):
-        run.stack.start_worker(concurrency=1, name=f"w{n + 1}")
-    run.proxy.set_faults(run.scenario.rules(run.sizes))
-    run.scenario.prepare(run)
+    sc = run.scenario
+    if sc.workers_first:
+        start_workers(run)
+    run.proxy.set_faults(sc.rules(run.sizes))
+    sc.prepare(run)
     with producer(run.stack) as prod:
         run.keys = [d.key for d in prod.plan(run.src, job_id="plan", route=ROUTE)]
         t0 = time.monotonic()
-        run.job_id = prod.submit([run.src, *run.extra.get("files", [])], route=ROUTE).job_id
-        run.scenario.drive(run)
+        if sc.submit is not None:
+            run.job_id = sc.submit(run, prod)
+        else:
+            run.job_id = prod.submit([run.src, *run.extra.get("files", [])], route=ROUTE).job_id
+        sc.drive(run)
         done = wait_done(prod, run.job_id)
         run.seconds = time.monotonic() - t0
     if not done:
         run.notes.append(f"the job was not done: no chunk finished in its last {STALL_S:.0f} s")
         run.notes += stranded(run)
     run.proxy.clear_faults()
+
+
+def start_workers(run: Run) -> None:
+    for n in range(WORKERS):
+        run.stack.start_worker(concurrency=1, name=f"w{n + 1}")
 
 
 def wait_done(prod: Producer, job_id: str) -> bool:
@@ -403,6 +433,7 @@ class Figures:
     committed_twice: int = 0
     dead: int = 0
     unfinished: int = 0
+    stranded: int = 0  # units left `planned` in the ledger, or left in its outbox, once the job is done
     redeliveries: int = 0
     reclaims: int = 0
     failed_writes: int = 0
@@ -505,6 +536,15 @@ def measure_ledger(run: Run, fig: Figures) -> None:
     fig.committed_twice = max(stats.get("commits", 0) - all_committed, 0)
     fig.dead = states["dead"]
     fig.unfinished = fig.chunks - fig.committed_once - fig.dead
+    left = stranded_units(ledger)
+    fig.stranded = len(left)
+    for key in sorted(left)[:5]:
+        unit = ledger.unit(key)
+        score = ledger.redis.zscore(ledger.outbox_key, key)
+        run.notes.append(
+            f"stranded unit {key[:12]}: state {unit.get('state', 'none')}, attempts "
+            f"{unit.get('attempts', 0)}, republished {unit.get('republished', 0)}, outbox score {score}"
+        )
     fig.redeliveries = stats.get("redelivered_done", 0) + stats.get("busy", 0)
     fig.reclaims = sum(int(ledger.unit(k).get("attempts", 0)) for k in run.keys) - fig.chunks
     fig.write_retries = stats.get("retries", 0)
@@ -515,8 +555,21 @@ def measure_ledger(run: Run, fig: Figures) -> None:
             Counter(f"{e.get('reason')}: {e.get('message')[:120]}" for e in entries)
         )
     job = ledger.job(run.job_id)
-    if job.committed != fig.committed_once + run.extra.get("extra_chunks", 0):
+    # Units committed before the job started (by messages of an interrupted run) count as skipped.
+    if job.committed + job.skipped != fig.committed_once + run.extra.get("extra_chunks", 0):
         run.notes.append(f"job counter says {job.committed} chunks committed, the chunk hashes {states}")
+
+
+def stranded_units(ledger: Ledger) -> set[str]:
+    """Keys of the units that nothing will finish by itself any more: still `planned` in the ledger, or
+    still in its outbox, once the job is done (the probe job has not started yet)."""
+    client = ledger.redis
+    planned = {
+        str(name).rsplit(":", 1)[1]
+        for name in client.scan_iter(f"{PREFIX}:unit:*")
+        if client.hget(name, "state") == "planned"
+    }
+    return planned | set(cast(list[str], client.zrange(ledger.outbox_key, 0, -1)))
 
 
 def failed(record: dict[str, Any]) -> bool:
@@ -693,9 +746,13 @@ def kill_children(run: Run) -> None:
 
 
 def kill_worker(run: Run) -> None:
-    """SIGKILL a whole worker (main process and child) mid-run, then start a new one."""
-    wait_until(lambda: committed(run) >= run.sizes.chunks // 4, timeout=JOB_TIMEOUT_S)
+    """SIGKILL a whole worker (main process and child) mid-chunk, then start a new one. The message it
+    had reserved stays in the broker's `unacked` hash for the default visibility timeout (an hour): the
+    chunk must come back through its lapsed lease and the outbox sweeper. Late in the job, so that few
+    messages are queued ahead of the re-published one (it goes to the back of the queue)."""
+    wait_until(lambda: committed(run) >= run.sizes.chunks * 3 // 4, timeout=JOB_TIMEOUT_S)
     wait_until(lambda: [b for b in busy_children(run) if b[0].name == "w2"], timeout=60)
+    time.sleep(random.Random(2).uniform(0.2, 1.0) * run.sizes.slow_s)  # in its first writes
     victim = run.worker("w2")
     held = leases(run)
     pids = set(children(victim.proc.pid))
@@ -708,6 +765,35 @@ def kill_worker(run: Run) -> None:
     run.faults.append(
         Fault("SIGKILL worker w2 (main process and child); w3 started", at, now_ms(), interrupted)
     )
+    run.extra["killed_ms"] = at
+    run.extra["republished_ms"] = wait_republished(run, interrupted)
+
+
+def wait_republished(run: Run, keys: list[str], timeout: float = 120.0) -> dict[str, int]:
+    """When each of ``keys`` was first seen re-published by a sweeper (polled every 0.1 s)."""
+    client = run.ledger().redis
+    seen: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(seen) < len(keys):
+        for key in set(keys) - set(seen):
+            try:
+                if int(client.hget(f"{PREFIX}:unit:{key}", "republished") or 0):
+                    seen[key] = now_ms()
+            except redis.RedisError:
+                pass
+        time.sleep(0.1)
+    return seen
+
+
+RECOVERY_SLACK_S = 5.0  # a sweep publishes, a worker takes the message, the chunk's own writes
+
+
+def lease_bound_s(run: Run) -> float:
+    """The longest a unit whose holder died may wait: its lease lapses, the next sweep publishes it."""
+    settings = run.stack.settings
+    lease = float(settings["worker"].get("lease_ttl_s", LEASE_TTL_S))
+    sweep = float(settings["ledger"].get("sweep_interval_s", SWEEP_INTERVAL_S))
+    return lease + sweep + RECOVERY_SLACK_S
 
 
 KILL_LOG = ("exited with 'signal 9 (SIGKILL)'", "WorkerLostError('Worker exited prematurely: signal 9")
@@ -720,37 +806,69 @@ def kill_checks(run: Run, fig: Figures) -> list[Check]:
 
 def worker_kill_checks(run: Run, fig: Figures) -> list[Check]:
     fault = run.faults[0] if run.faults else None
-    done = fault is not None and fig.recovered_s is not None
+    done = fault is not None and bool(fault.interrupted) and fig.recovered_s is not None
     detail = f"{len(fault.interrupted)} chunk(s) were running on w2" if fault else "no kill"
-    return [Check("the killed worker's chunks committed afterwards", done, detail)]
+    checks = [Check("the killed worker's chunks committed afterwards", done, detail)]
+    if fault is None or not fault.interrupted:
+        return checks
+    ledger = run.ledger()
+    commits = [int(ledger.unit(k).get("committed_ms", 0)) for k in fault.interrupted]
+    took = (max(commits) - fault.at_ms) / 1000 if all(commits) else None
+    again: dict[str, int] = run.extra.get("republished_ms", {})
+    republished = (max(again.values()) - fault.at_ms) / 1000 if len(again) == len(fault.interrupted) else None
+    bound = lease_bound_s(run)
+    run.extra.update(kill_to_republish_s=republished, kill_to_commit_s=took, kill_to_commit_bound_s=bound)
+    return [
+        *checks,
+        Check(
+            f"re-published by a sweeper within lease_ttl_s + sweep_interval_s + {RECOVERY_SLACK_S:g} s of "
+            "the kill (the visibility timeout left at its default)",
+            republished is not None and republished <= bound,
+            f"{seconds(republished)} after the kill (bound {bound:g} s)",
+        ),
+        Check(
+            f"committed once within lease_ttl_s + sweep_interval_s + {RECOVERY_SLACK_S:g} s of the kill "
+            "(the re-published message waits behind those queued before it)",
+            took is not None and took <= bound,
+            f"{seconds(took)} after the kill (bound {bound:g} s)",
+        ),
+    ]
 
 
 # -- scenario 3: Redis restart ------------------------------------------------------------------------
 
 
 def restart_redis(run: Run) -> None:
-    """Stop Redis (SIGTERM: AOF flushed) mid-run, keep it down a few seconds, start it on the same port."""
+    """SIGKILL Redis mid-run (the last second of its AOF may be lost: appendfsync everysec), keep it down a
+    few seconds, start it again on the same port and data directory."""
     stack = run.stack
     wait_until(lambda: committed(run) >= run.sizes.chunks // 4, timeout=JOB_TIMEOUT_S)
     wait_until(lambda: busy_children(run), timeout=60)
     interrupted = list(leases(run))
     before = committed(run)
+    ledger = run.ledger()
+    recent = sum(1 for k in run.keys if int(ledger.unit(k).get("committed_ms", 0)) > now_ms() - AOF_LOSS_MS)
     at = now_ms()
-    stack.redis.stop()
+    stack.redis.kill()
     time.sleep(run.sizes.outage_s)
     stack.redis = start_redis(stack.workdir, port=stack.redis.port, appendonly=True)
-    run.faults.append(Fault(f"Redis down {run.sizes.outage_s:.0f} s", at, now_ms(), interrupted))
+    run.faults.append(Fault(f"Redis SIGKILLed, down {run.sizes.outage_s:.0f} s", at, now_ms(), interrupted))
     run.extra["committed_before"] = before
+    run.extra["committed_in_last_2s_before"] = recent
     run.extra["committed_after_restart"] = committed(run)
+
+
+AOF_LOSS_MS = 2_000  # appendfsync everysec: a SIGKILL loses up to about the last second of writes
 
 
 def redis_checks(run: Run, fig: Figures) -> list[Check]:
     before, after = run.extra.get("committed_before", -1), run.extra.get("committed_after_restart", -2)
+    recent = run.extra.get("committed_in_last_2s_before", 0)
     return [
         Check(
-            "the ledger survived the restart (AOF)",
-            after >= before,
-            f"{before} commits before, {after} after",
+            "the ledger survived the kill (AOF): at most the commits of its last seconds lost",
+            after >= before - recent,
+            f"{before} commits before ({recent} in its last {AOF_LOSS_MS // 1000} s), {after} after",
         ),
         Check(
             "work resumed after the restart", fig.next_commit_s is not None, "a commit after Redis came back"
@@ -1086,6 +1204,405 @@ LONG_VISIBILITY_S = 3
 LONG_WRITE_S = 0.5  # two chunks of many batches, four in flight: each chunk runs for many timeouts
 
 
+# -- scenario 9: an interrupted producer ----------------------------------------------------------------
+
+PRODUCE_POINTS = ("from start", "planning", "waiting for room")
+PRODUCE_SIGNALS = (signal.SIGINT, signal.SIGKILL)
+
+
+def produce_argv(run: Run, *extra: str) -> list[str]:
+    return run.stack.tsbatch("produce", str(run.src), "--route", ROUTE, *extra)
+
+
+def job_ids(run: Run) -> list[str]:
+    return cast(list[str], run.ledger().redis.zrange(f"{PREFIX}:jobs", 0, -1))
+
+
+def new_job(run: Run, seen: set[str]) -> str:
+    return next((j for j in job_ids(run) if j not in seen), "")
+
+
+def default_sigint() -> None:
+    """In the child: SIGINT as at a terminal. A command started in the background by a shell inherits
+    SIGINT ignored, and Python then never raises KeyboardInterrupt: Ctrl-C would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def spawn_produce(run: Run, name: str, *extra: str) -> subprocess.Popen[bytes]:
+    with open(run.workdir / f"{name}.log", "wb") as out:
+        return subprocess.Popen(
+            produce_argv(run, *extra),
+            env=run.stack.env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=default_sigint,  # before exec: no other thread runs in this scenario
+        )
+
+
+def interrupt_produce(
+    run: Run, n: int, sig: signal.Signals, point: str, rng: random.Random
+) -> dict[str, Any]:
+    """One `tsbatch produce` of the file, sent ``sig`` at ``point``: while Python starts (the job may not
+    exist yet), after a random number of units was recorded, or while it waits for room in the queue."""
+    seen = set(job_ids(run))
+    proc = spawn_produce(run, f"produce-{n}")
+    try:
+        if point == "from start":
+            time.sleep(rng.uniform(0.1, 1.5))
+        else:
+            job = wait_until(lambda: new_job(run, seen), timeout=60, poll=0.005)
+            if point == "planning":
+                target = rng.randint(1, QUEUE_CHECK_EVERY - 2)
+                wait_until(lambda: run.ledger().job(job).units >= target, timeout=30, poll=0.001)
+            else:  # blocked before its 16th unit: the queue is deeper than max_queue_depth
+                wait_until(lambda: run.ledger().job(job).units >= QUEUE_CHECK_EVERY - 1, timeout=30)
+                time.sleep(rng.uniform(0.1, 1.0))
+        proc.send_signal(sig)
+        code = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    job = new_job(run, seen)
+    status = run.ledger().job(job) if job else None
+    return {
+        "run": n,
+        "signal": sig.name,
+        "point": point,
+        "exit": code,
+        "job": job or "(not created yet)",
+        "units_recorded": status.units if status else 0,
+        "planning_finished": bool(status and status.planned),
+        "marked_interrupted": status.interrupted if status else "",
+    }
+
+
+def interrupted_submit(run: Run, prod: Producer) -> str:
+    """Kill `tsbatch produce` at seeded random points with no worker running, then start the workers and
+    run the very same command again with --wait."""
+    rng = random.Random(9)
+    plan = [(sig, point) for point in PRODUCE_POINTS for sig in PRODUCE_SIGNALS]
+    runs = [interrupt_produce(run, n + 1, sig, point, rng) for n, (sig, point) in enumerate(plan)]
+    ledger = run.ledger()
+    left = [k for k in run.keys if ledger.unit(k).get("state") == "planned"]
+    run.extra["interrupted_runs"] = runs
+    queued = {queued_key(raw) for raw in cast(list[str], ledger.redis.lrange(QUEUE, 0, -1))}
+    run.extra["before_rerun"] = {
+        "units_planned": len(left),
+        "planned_without_message": len(set(left) - queued),  # a kill between record and publish
+        "messages_queued": int(ledger.redis.llen(QUEUE)),
+        "outbox": int(ledger.redis.zcard(ledger.outbox_key)),
+    }
+    at = now_ms()
+    start_workers(run)
+    seen = set(job_ids(run))
+    run.faults.append(
+        Fault(f"{len(runs)} interrupted runs; workers started, the command run again", at, at, left)
+    )
+    proc = spawn_produce(run, "produce-rerun", "--wait", "--timeout", f"{JOB_TIMEOUT_S:g}")
+    try:
+        code = proc.wait(JOB_TIMEOUT_S + 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    out = (run.workdir / "produce-rerun.log").read_text(errors="replace")
+    again = re.search(r"enqueued (\d+) chunks .*?(?:\((\d+) planned by an earlier run)?", out)
+    run.extra["rerun"] = {
+        "exit": code,
+        "seconds": round((now_ms() - at) / 1000, 1),
+        "enqueued": int(again.group(1)) if again else None,
+        "republished": int(again.group(2) or 0) if again else None,
+    }
+    return new_job(run, seen)
+
+
+def produce_checks(run: Run, fig: Figures) -> list[Check]:
+    runs = run.extra.get("interrupted_runs", [])
+    rerun = run.extra.get("rerun", {})
+    before = run.extra.get("before_rerun", {})
+    unfinished = [r for r in runs if r["exit"] != 0 and not r["planning_finished"]]
+    points = Counter((r["signal"], r["point"]) for r in runs)
+    return [
+        Check(
+            f"{len(PRODUCE_POINTS) * len(PRODUCE_SIGNALS)} runs interrupted (SIGINT and SIGKILL, each at "
+            "a random time from start, in planning and while waiting for room)",
+            len(unfinished) == len(runs) == len(PRODUCE_POINTS) * len(PRODUCE_SIGNALS)
+            and len(points) == len(runs),
+            f"{len(unfinished)} of {len(runs)} ended without finishing planning",
+        ),
+        Check(
+            "the interrupted runs left units planned and not done",
+            before.get("units_planned", 0) > 0,
+            f"{before}",
+        ),
+        Check("the same command run again with --wait exited 0", rerun.get("exit") == 0, f"{rerun}"),
+    ]
+
+
+# -- scenario 10: lost messages, the sweeper alone -------------------------------------------------------
+
+
+def queued_key(raw: str) -> str:
+    """The unit key of a Celery message as it waits in the broker's list."""
+    try:
+        args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
+        return str(args[0]["key"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
+
+
+def lossy_submit(run: Run, prod: Producer) -> str:
+    """Record every unit as the producer does, but publish only two in three: the third is lost between
+    its record and its message (what a crash or a lost reply does)."""
+    ledger = prod.ledger
+    job = f"lossy-{uuid.uuid4().hex[:6]}"
+    ledger.create_job(job, route=ROUTE, paths=[str(run.src)])
+    unpublished = []
+    for n, desc in enumerate(prod.plan(run.src, job_id=job, route=ROUTE)):
+        message = desc.to_message()
+        ledger.plan(desc.key, job, descriptor=json.dumps(message))
+        if n % 3 == 1:
+            unpublished.append(desc.key)
+        else:
+            prod.celery.send_task(TASK_NAME, args=[message], queue=QUEUE)
+    ledger.finish_planning(job)
+    at = now_ms()
+    run.faults.append(Fault(f"{len(unpublished)} units recorded, never published", at, at, unpublished))
+    return job
+
+
+def drop_queue(run: Run) -> None:
+    """Once a quarter is committed, delete the broker's queue (its messages lost); then follow every lost
+    unit until the sweeper has published it again."""
+    client = run.ledger().redis
+    lost = set(run.faults[0].interrupted)
+    seen: dict[str, int] = {}
+    dropped = False
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline and not (dropped and lost <= set(seen)):
+        if not dropped and committed(run) >= run.sizes.chunks // 4:
+            pipe = client.pipeline(transaction=True)
+            pipe.lrange(QUEUE, 0, -1)
+            pipe.delete(QUEUE)
+            raw, _ = pipe.execute()
+            keys = [k for k in map(queued_key, raw) if k]
+            at = now_ms()
+            run.faults.append(Fault(f"broker queue deleted: {len(keys)} messages lost", at, at, keys))
+            lost |= set(keys)
+            dropped = True
+        for key in lost - set(seen):
+            if int(client.hget(f"{PREFIX}:unit:{key}", "republished") or 0):
+                seen[key] = now_ms()
+        time.sleep(0.1)
+    run.extra["republished_seen_ms"] = seen
+
+
+def lost_checks(run: Run, fig: Figures) -> list[Check]:
+    ledger = run.ledger()
+    seen: dict[str, int] = run.extra.get("republished_seen_ms", {})
+    stats = ledger.stats()
+    out = []
+    delays = {}
+    for fault in run.faults:
+        again = [seen.get(k) for k in fault.interrupted]
+        waits = [(t - fault.end_ms) / 1000 for t in again if t is not None]
+        delays[fault.what] = max(waits, default=None)
+        out.append(
+            Check(
+                f"{fault.what}: every one published again by the sweeper",
+                bool(fault.interrupted) and len(waits) == len(again),
+                f"{len(waits)} of {len(again)} re-published, the last {seconds(max(waits, default=None))} "
+                "after the loss",
+            )
+        )
+    lost = {k for f in run.faults for k in f.interrupted}
+    run.extra["republish_delay_s"] = delays
+    run.extra["republished_stat"] = stats.get("republished", 0)
+    bound = lost_bound_s(run)
+    dropped = run.faults[-1] if len(run.faults) > 1 else None
+    took = delays.get(dropped.what) if dropped else None
+    return [
+        *out,
+        Check(
+            "stats: republished counts every lost unit",
+            stats.get("republished", 0) >= len(lost),
+            f"{stats.get('republished', 0)} re-published, {len(lost)} lost",
+        ),
+        Check(
+            "the messages lost with the queue re-published within republish_after_s + sweep_interval_s + "
+            f"{RECOVERY_SLACK_S:g} s",
+            took is not None and took <= bound,
+            f"{seconds(took)} (bound {bound:g} s)",
+        ),
+    ]
+
+
+def lost_bound_s(run: Run) -> float:
+    led = run.stack.settings["ledger"]
+    return (
+        float(led.get("republish_after_s", REPUBLISH_AFTER_S))
+        + float(led.get("sweep_interval_s", SWEEP_INTERVAL_S))
+        + RECOVERY_SLACK_S
+    )
+
+
+# -- scenario 11: Redis out of memory --------------------------------------------------------------------
+
+OOM_HEADROOM = 32 << 10  # maxmemory this far above used_memory: the next few writes are refused
+REFUSED = "Redis refused a ledger operation"
+
+
+def oom_errors(client: redis.Redis) -> int:
+    """Commands Redis refused with OOM since it started (INFO errorstats)."""
+    stat = client.info("errorstats").get("errorstat_OOM", {})
+    return int(stat.get("count", 0)) if isinstance(stat, dict) else 0
+
+
+def refused_lines(run: Run) -> int:
+    return sum(error_lines(w, REFUSED) for w in run.stack.workers)
+
+
+def starve_redis(run: Run) -> None:
+    """Once a quarter is committed, set maxmemory just above what Redis uses (noeviction): ledger writes
+    are refused. Keep it so a while, then lift the limit."""
+    client = run.ledger().redis
+    wait_until(lambda: committed(run) >= run.sizes.chunks // 4, timeout=JOB_TIMEOUT_S)
+    wait_until(lambda: busy_children(run), timeout=60)
+    interrupted = list(leases(run))
+    used = int(client.info("memory")["used_memory"])
+    rows, oom = vm_rows_inserted(run.vm_url), oom_errors(client)
+    at = now_ms()
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", used + OOM_HEADROOM)
+    first = wait_until(lambda: refused_lines(run), timeout=60)
+    time.sleep(run.sizes.outage_s * 2)
+    rows_refused = vm_rows_inserted(run.vm_url) - rows
+    client.config_set("maxmemory", 0)
+    end = now_ms()
+    run.faults.append(
+        Fault(f"maxmemory {used + OOM_HEADROOM:,} B for {(end - at) / 1000:.0f} s", at, end, interrupted)
+    )
+    run.extra["oom"] = {
+        "used_memory": used,
+        "refused_logged": refused_lines(run),
+        "refused_logged_before_lift": first or 0,
+        "oom_refusals_by_redis": oom_errors(client) - oom,
+        "rows_written_while_refused": rows_refused,
+        "rows_bound": oom_rows_bound(run),
+    }
+
+
+def oom_rows_bound(run: Run) -> int:
+    """What may be written while the ledger refuses: each worker's chunk in flight, and one more each."""
+    return 2 * WORKERS * run.sizes.chunk_lines * len(FIELDS)
+
+
+def oom_checks(run: Run, fig: Figures) -> list[Check]:
+    oom = run.extra.get("oom", {})
+    return [
+        Check(
+            "Redis refused ledger writes (OOM) and the workers said so",
+            oom.get("oom_refusals_by_redis", 0) > 0 and oom.get("refused_logged", 0) > 0,
+            f"{oom.get('oom_refusals_by_redis')} OOM refusals by Redis, {oom.get('refused_logged')} "
+            f"`{REFUSED}` lines",
+        ),
+        Check(
+            "no rewrite loop: rows written while refused bounded by two chunks a worker",
+            0 <= oom.get("rows_written_while_refused", -1) <= oom_rows_bound(run),
+            f"{oom.get('rows_written_while_refused')} rows (bound {oom_rows_bound(run):,})",
+        ),
+        Check("work resumed after the limit was lifted", fig.next_commit_s is not None, ""),
+    ]
+
+
+# -- scenario 12: a unit that kills its process ------------------------------------------------------------
+
+
+def worker_children(run: Run) -> set[int]:
+    return {pid for w in run.live_workers() for pid in children(w.proc.pid)}
+
+
+def poison_killer(run: Run, key: str, stop: threading.Event) -> None:
+    """SIGKILL whichever worker child holds ``key``'s lease, a moment after it claimed it, as long as the
+    claim is within max_attempts (the claim after that only dead-letters the unit: it runs nothing)."""
+    rng = random.Random(12)
+    client = run.ledger().redis
+    max_attempts = int(run.stack.settings["worker"]["max_attempts"])
+    claims: list[dict[str, Any]] = run.extra.setdefault("poison_claims", [])
+    seen: set[str] = set()
+    while not stop.wait(0.01):
+        try:
+            holder = cast(str | None, client.get(f"{PREFIX}:lease:{key}"))
+            if not holder or holder in seen:
+                continue
+            seen.add(holder)
+            attempts = int(client.hget(f"{PREFIX}:unit:{key}", "attempts") or 0)
+            pid = int(holder.rsplit(":", 1)[1])
+            claim: dict[str, Any] = {"attempt": attempts, "pid": pid, "killed": False}
+            claims.append(claim)
+            if attempts > max_attempts or pid not in worker_children(run):
+                continue
+            time.sleep(rng.uniform(0.05, 0.5) * run.sizes.slow_s)  # in its first writes
+            if client.get(f"{PREFIX}:lease:{key}") == holder:
+                os.kill(pid, signal.SIGKILL)
+                claim.update(killed=True, at_ms=now_ms())
+        except (redis.RedisError, ProcessLookupError):
+            continue
+
+
+def start_poison_killer(run: Run) -> None:
+    key = run.keys[len(run.keys) // 2]
+    run.extra["poison_key"] = key
+    run.extra["expected_dead"] = 1
+    stop = threading.Event()
+    thread = threading.Thread(target=poison_killer, args=(run, key, stop), name="poison-killer", daemon=True)
+    thread.start()
+
+    def halt() -> None:
+        stop.set()
+        thread.join(5)
+
+    run.cleanup.append(halt)
+
+
+def poison_kill_checks(run: Run, fig: Figures) -> list[Check]:
+    for hook in run.cleanup:
+        hook()
+    run.cleanup.clear()
+    ledger = run.ledger()
+    key = run.extra.get("poison_key", "")
+    max_attempts = int(run.stack.settings["worker"]["max_attempts"])
+    kills = [c for c in run.extra.get("poison_claims", []) if c["killed"]]
+    entries = [e for e in ledger.dead_letters(job_id=run.job_id) if e.get("key") == key]
+    entry = entries[0] if entries else None
+    unit = ledger.unit(key)
+    if entry is not None and kills:
+        run.extra["first_kill_to_dead_letter_s"] = (int(entry.get("ts_ms")) - kills[0]["at_ms"]) / 1000
+    got = {k: entry.get(k) for k in ("reason", "attempts", "history")} if entry else {}
+    run.extra["poison_entry"] = got
+    return [
+        Check(
+            f"the chosen unit's holder killed {max_attempts} times",
+            len(kills) == max_attempts,
+            f"{len(kills)}",
+        ),
+        Check(
+            f"the chosen unit dead-lettered as poison at claim {max_attempts + 1}, with its descriptor and "
+            "history (transient failures only: a killed claim records none)",
+            unit.get("state") == "dead"
+            and len(entries) == 1
+            and got.get("reason") == "poison"
+            and got.get("attempts") == str(max_attempts + 1)
+            and entry is not None
+            and "history" in entry.fields
+            and bool(entry.get("descriptor")),
+            f"state {unit.get('state')}, {len(entries)} entry: {got}",
+        ),
+    ]
+
+
 # -- the scenarios ------------------------------------------------------------------------------------
 
 SCENARIOS = [
@@ -1106,24 +1623,27 @@ SCENARIOS = [
     Scenario(
         "worker-kill",
         "2. SIGKILL a whole worker, start a new one",
-        "Writes answered {slow_s:g} s late. Once a quarter of the chunks were committed, worker w2's main "
-        "process and child were sent SIGKILL together while w2 held a chunk, and a new worker w3 was "
-        "started a second later. visibility_timeout_s 30 s, unacked_restore_interval_s 5 s: the message "
-        "the dead worker had reserved comes back after the visibility timeout (3,600 s by default).",
+        "Writes answered {slow_s:g} s late. Once three quarters of the chunks were committed (so that few "
+        "messages wait ahead of a re-published one), worker w2's main "
+        "process and child were sent SIGKILL together in the first writes of a chunk, and a new worker w3 "
+        "was started a second later. The visibility timeout is the default (3,600 s): the message the "
+        "dead worker had reserved stays in the broker's `unacked` hash, so the chunk can only come back "
+        "through its lease lapsing and the outbox sweeper re-publishing it.",
         drive=kill_worker,
         checks=worker_kill_checks,
         expected_log=KILL_LOG,
         rules=slow_rules,
-        worker={"visibility_timeout_s": 30, "unacked_restore_interval_s": 5},
-        recovery="from w3 ready to the commit of the chunk w2 was running",
+        recovery="from w3 ready to the commit of the chunk w2 was running (kill_to_commit_s below: from "
+        "the kill itself)",
     ),
     Scenario(
         "redis-restart",
-        "3. Restart Redis mid-run (AOF everysec)",
+        "3. SIGKILL Redis mid-run, restart it (AOF everysec)",
         "Redis with appendonly yes, appendfsync everysec. Writes answered {slow_s:g} s late. Once a quarter "
-        "of the chunks were committed, redis-server was stopped (SIGTERM) while chunks were running, kept "
-        "down {outage_s:g} s and started again on the same port and data directory. Nothing restarted "
-        "the workers.",
+        "of the chunks were committed, redis-server was sent SIGKILL while chunks were running (no clean "
+        "shutdown: up to the last second of writes, ledger and broker alike, may be lost), kept down "
+        "{outage_s:g} s and started again on the same port and data directory. Nothing restarted the "
+        "workers.",
         drive=restart_redis,
         checks=redis_checks,
         rules=slow_rules,
@@ -1191,10 +1711,72 @@ SCENARIOS = [
         worker={
             "visibility_timeout_s": LONG_VISIBILITY_S,
             "retry_max_s": LONG_VISIBILITY_S,  # the settings refuse a countdown above the visibility timeout
-            "retry_after_max_s": LONG_VISIBILITY_S - 1,
+            "retry_after_max_s": LONG_VISIBILITY_S - 1,  # and a Retry-After cap that is not below it
             "unacked_restore_interval_s": 1,
             "writes_in_flight": 1,
         },
+    ),
+    Scenario(
+        "produce-interrupt",
+        "9. `tsbatch produce` interrupted, then run again",
+        "No worker running and producer max_queue_depth 1, so that `tsbatch produce` of the file "
+        "({chunks} chunks) records and publishes 15 units and then waits for room. Six runs of the "
+        "same command, each sent SIGINT (Ctrl-C) or SIGKILL: 0.1 to 1.5 s after its start, after a "
+        "random number of units was recorded (planning and publishing), or while it waited for room "
+        "(seeded delays and counts). Then the workers were started and the same command run again with "
+        "--wait; the messages the killed runs had published were still queued.",
+        drive=no_drive,
+        submit=interrupted_submit,
+        workers_first=False,
+        checks=produce_checks,
+        producer={"max_queue_depth": 1},
+        recovery="from the workers' start (then the rerun) to the commit of the last unit the interrupted "
+        "runs had left planned",
+    ),
+    Scenario(
+        "lost-message",
+        "10. Lost messages: the sweeper alone",
+        "Every unit recorded in the ledger as the producer does, but one in three never published (lost "
+        "between its record and its message); writes answered {slow_s:g} s late; once a quarter of the "
+        "chunks were committed, the broker's queue `tsbatch.chunks` was deleted with the messages in it. "
+        "Nothing was run again: only the workers' outbox sweepers could publish those units again.",
+        drive=drop_queue,
+        submit=lossy_submit,
+        checks=lost_checks,
+        rules=slow_rules,
+        ledger={"republish_after_s": 2.0, "sweep_interval_s": 1.0},
+        recovery="from each loss to the commit of the last unit it lost (units never published wait for "
+        "the queue to drain: the sweep rule publishes a never-claimed unit when the queue is empty or "
+        "later units were claimed)",
+    ),
+    Scenario(
+        "redis-oom",
+        "11. Redis out of memory (maxmemory, noeviction)",
+        "Writes answered {slow_s:g} s late. Once a quarter of the chunks were committed, Redis's maxmemory "
+        "was set 32 KiB above its used_memory, policy noeviction, so that ledger writes (and the broker's) "
+        "were refused with OOM; {outage_s:g} x 2 s after the first refusal the workers logged, maxmemory "
+        "was set back to 0. Rows VictoriaMetrics accepted meanwhile were counted.",
+        drive=starve_redis,
+        checks=oom_checks,
+        rules=slow_rules,
+        ledger={"republish_after_s": 5.0, "sweep_interval_s": 1.0},
+        # The consumer's own refusals: it reconnects (broker_channel_error_retry), throttled by Celery.
+        expected_log=(REFUSED, "consumer: Cannot connect to redis", "Frequent restarts detected"),
+        recovery="from maxmemory 0 to the next commit / to the commit of the chunks running when it was set",
+    ),
+    Scenario(
+        "poison-kill",
+        "12. A unit that kills its process every time",
+        "Writes answered {slow_s:g} s late. A thread of the scenario sent SIGKILL to whichever worker child "
+        "held the lease of one chosen unit, a moment after each claim, while the claim was within "
+        "worker.max_attempts (3): the unit's work never finished, as with an input that crashes the "
+        "parser.",
+        drive=start_poison_killer,
+        checks=poison_kill_checks,
+        rules=slow_rules,
+        worker={"lease_ttl_s": 3.0, "heartbeat_s": 1.0, "max_attempts": 3, "max_retries": 2},
+        ledger={"republish_after_s": 3.0, "sweep_interval_s": 1.0},
+        expected_log=KILL_LOG,
     ),
 ]
 
@@ -1221,10 +1803,13 @@ class Result:
         return all(c.ok for c in self.checks)
 
 
-def target_checks(sc: Scenario, fig: Figures) -> list[Check]:
+def target_checks(sc: Scenario, fig: Figures, extra: dict[str, Any]) -> list[Check]:
+    dead = int(extra.get("expected_dead", 0))  # units the scenario dead-letters on purpose
     every = (
         Check(
-            "every chunk committed", fig.committed_once == fig.chunks, f"{fig.committed_once} of {fig.chunks}"
+            "every chunk committed" + (f" but the {dead} meant to be dead-lettered" if dead else ""),
+            fig.committed_once == fig.chunks - dead and fig.dead == dead,
+            f"{fig.committed_once} of {fig.chunks}, {fig.dead} dead-lettered",
         )
         if sc.lands
         else Check("every chunk dead-lettered", fig.dead == fig.chunks, f"{fig.dead} of {fig.chunks}")
@@ -1234,6 +1819,7 @@ def target_checks(sc: Scenario, fig: Figures) -> list[Check]:
         Check("0 duplicated", fig.duplicated == 0, f"{fig.duplicated} samples"),
         Check("0 committed twice", fig.committed_twice == 0, f"{fig.committed_twice}"),
         Check("0 stuck workers", fig.stuck == 0, f"{fig.stuck}"),
+        Check("0 stranded (no unit left planned or in the outbox)", fig.stranded == 0, f"{fig.stranded}"),
         every,
     ]
 
@@ -1250,6 +1836,8 @@ def log_check(sc: Scenario, fig: Figures) -> Check:
 def settings_text(sc: Scenario, sizes: Sizes) -> str:
     """What differs from the common setup, as the run used it."""
     parts = [f"worker {k} = {v}" for k, v in sc.worker.items()]
+    parts += [f"ledger {k} = {v}" for k, v in sc.ledger.items()]
+    parts += [f"producer {k} = {v}" for k, v in sc.producer.items()]
     if sc.route_timeout_s is not None:
         parts.append(f"route timeout_s = {sc.route_timeout_s:g}")
     if sc.token is not None:
@@ -1263,6 +1851,7 @@ def settings_text(sc: Scenario, sizes: Sizes) -> str:
 
 def texts(sc: Scenario, sizes: Sizes) -> tuple[str, str]:
     values = {**asdict(sizes), "kills": sizes.kills, "slow_s": sizes.slow_s, "outage_s": sizes.outage_s}
+    values["chunks"] = sizes.chunks
     ra = [r["retry_after"] for r in throttle_rules(sizes)]
     values.update(long_vis=LONG_VISIBILITY_S, long_write=LONG_WRITE_S, ra_429=ra[0], ra_503=ra[1])
     return sc.title.format(**values), sc.summary.format(**values)
@@ -1289,7 +1878,7 @@ def run_scenario(sc: Scenario, sizes: Sizes, root: Path) -> Result:
     finally:
         stop(run)
     r.figures.log_errors = log_errors(run)
-    r.checks = [*target_checks(sc, r.figures), *r.checks, log_check(sc, r.figures)]
+    r.checks = [*target_checks(sc, r.figures, r.extra), *r.checks, log_check(sc, r.figures)]
     unmet = ", ".join(f"{c.what}: {c.detail}" for c in r.checks if not c.ok)
     say(f"{sc.name}: {verdict(r)} in {r.figures.seconds:.0f} s;", unmet or "all targets met")
     return r
@@ -1361,16 +1950,17 @@ def data_table(results: list[Result]) -> list[str]:
 
 def delivery_table(results: list[Result]) -> list[str]:
     rows = [
-        "| scenario | chunks | committed once | committed twice | dead-lettered | redeliveries | re-claims "
-        "| write requests | failed writes | write retries | chunk retries "
+        "| scenario | chunks | committed once | committed twice | dead-lettered | stranded | redeliveries "
+        "| re-claims | write requests | failed writes | write retries | chunk retries "
         "| time to recover (next commit / interrupted done) | stuck workers |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
         f = r.figures
         rows.append(
             f"| {r.title.split('.')[0]} {r.name} | {f.chunks} | {f.committed_once} | {f.committed_twice} "
-            f"| {f.dead} | {f.redeliveries} | {f.reclaims} | {f.requests:,} | {f.failed_writes:,} "
+            f"| {f.dead} | {f.stranded} | {f.redeliveries} | {f.reclaims} | {f.requests:,} "
+            f"| {f.failed_writes:,} "
             f"| {f.write_retries} | {f.chunk_retries} "
             f"| {recovery(r)} | {f.stuck} |"
         )
@@ -1384,7 +1974,8 @@ def scenario_section(r: Result) -> list[str]:
         f"**Observed.** {f.landed:,} of {f.samples:,} samples landed with their source value "
         f"({f.missing:,} missing, {f.dead_samples:,} of them in the dead-letter queue, {f.lost:,} lost; "
         f"{f.duplicated} duplicated; {f.rewrites:,} rows rewritten); {f.committed_once} of "
-        f"{f.chunks} chunks committed, {f.dead} dead-lettered, {f.committed_twice} committed twice; "
+        f"{f.chunks} chunks committed, {f.dead} dead-lettered, {f.committed_twice} committed twice, "
+        f"{f.stranded} stranded; "
         f"{f.redeliveries} redelivered copies found the chunk done or leased, {f.reclaims} re-claimed; "
         f"{f.requests:,} write requests, {f.failed_writes:,} failed; {f.write_retries} batch(es) retried "
         f"in the task, {f.chunk_retries} chunk(s) handed back to Celery for a later retry; "
@@ -1416,7 +2007,8 @@ def fault_line(fault: Fault) -> str:
 
 
 def extra_lines(r: Result) -> list[str]:
-    skip = {"files", "commit_ms", "poison_descs", "poison_job", "extra_chunks"}
+    skip = {"files", "commit_ms", "poison_descs", "poison_job", "extra_chunks", "expected_dead"}
+    skip |= {"republished_seen_ms", "killed_ms", "republished_ms"}
     shown = {k: v for k, v in r.extra.items() if k not in skip}
     out = [f"- {k}: `{json.dumps(v, default=str)[:400]}`" for k, v in shown.items()]
     out += [f"- note: {n}" for n in r.notes]
@@ -1498,6 +2090,8 @@ DEFINITIONS = [
     "with the same series, field and time, so these are harmless.",
     "- **committed once / twice**: chunks of the job whose ledger hash is `committed`; the ledger's "
     "`commits` counter minus every committed chunk hash (a second commit of a chunk would show here).",
+    "- **stranded**: units that nothing will finish by itself: still `planned` in the ledger, or still in "
+    "its outbox (`P:outbox`), once the job is done.",
     "- **redeliveries**: deliveries that found the chunk already done (`redelivered_done`) or leased by "
     "another process (`busy`). **re-claims**: claims beyond the first, per chunk (`attempts` - 1).",
     "- **failed writes**: requests the fault server answered with an error, reset, or never answered. "

@@ -8,9 +8,13 @@ import json
 import time
 import uuid
 
+import pytest
+
+from config.constants import LEASE_GRACE_S
 from tsbatch.ledger import Ledger, RejectedLine, connect
 
 QUEUE = "q"
+DESC = '{"key": "k"}'
 
 
 def _ledger(url: str, **kwargs: float) -> Ledger:
@@ -146,7 +150,7 @@ def test_the_sweeper_republishes_a_unit_whose_holder_died_and_only_once_a_sweep(
     book = _ledger(redis_server, republish_after_s=0.05)
     _plan(book, "j", ["held", "lost"])
     _claim(book, "held", ttl=0.1)  # its holder dies: the lease lapses
-    time.sleep(0.2)
+    time.sleep(0.1 + LEASE_GRACE_S + 0.1)
 
     first = dict(book.sweep(queue=QUEUE))
     second = dict(book.sweep(queue=QUEUE))
@@ -233,3 +237,33 @@ def test_planning_interrupted_says_where_and_a_silent_producer_is_noticed(redis_
     assert ctrl_c == "planning interrupted at file /data/a.lp (KeyboardInterrupt): run the command again"
     assert "planning interrupted at file /data/b.lp (producer silent)" in killed_later
     assert book.job("killed").planning_problem(now_ms_=now, stale_ms=30_000) == ""
+
+
+def _swept_late(ledger: Ledger) -> list[str]:
+    # republish_after_s far above the test's length: only the lease may decide when the unit comes back.
+    return [key for key, _ in ledger.sweep(queue="no-such-queue")]
+
+
+@pytest.mark.timeout(30)
+def test_a_unit_whose_holder_died_is_swept_right_after_its_lease_lapses(redis_server: str) -> None:
+    ledger = _ledger(redis_server, republish_after_s=600)
+    ledger.create_job("j", route="default", paths=[])
+    ledger.plan("k", "j", descriptor=DESC)
+    claim = ledger.claim("k", worker="h:1", lease_ttl_s=0.5, max_attempts=5, descriptor=DESC)
+    assert claim.status == "claimed"
+    assert _swept_late(ledger) == []  # the holder may still be working
+    time.sleep(0.5 + LEASE_GRACE_S + 0.3)
+    assert _swept_late(ledger) == ["k"]
+
+
+@pytest.mark.timeout(30)
+def test_a_lease_found_alive_by_a_sweep_is_looked_at_again_when_it_lapses(redis_server: str) -> None:
+    ledger = _ledger(redis_server, republish_after_s=600)
+    ledger.create_job("j", route="default", paths=[])
+    ledger.plan("k", "j", descriptor=DESC)
+    claim = ledger.claim("k", worker="h:1", lease_ttl_s=0.3, max_attempts=5, descriptor=DESC)
+    assert ledger.renew("k", claim.holder, lease_ttl_s=2.0)  # a heartbeat: the holder is alive
+    time.sleep(0.3 + LEASE_GRACE_S + 0.2)
+    assert _swept_late(ledger) == []  # due, but the lease is alive: look again once it lapses
+    time.sleep(2.0 + LEASE_GRACE_S)  # the holder died after that heartbeat
+    assert _swept_late(ledger) == ["k"]

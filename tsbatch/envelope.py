@@ -45,6 +45,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Keep consuming across Redis restarts (celery#9054, #8030): retry the broker forever.
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
+        # A Redis that refuses a command (OOM under maxmemory/noeviction, BUSY) is a channel error to
+        # kombu: without this the consumer calls it unrecoverable and the whole worker exits (chaos
+        # scenario redis-oom: both workers gone at the first refusal, the job stranded until restarted).
+        "broker_channel_error_retry": True,
         # Publishing (the producer's sends and every task retry) rides out a Redis restart of up to ~a
         # minute instead of kombu's default ~0.6 s, after which a retry would be lost with its task.
         "task_publish_retry_policy": {

@@ -41,6 +41,8 @@ from redis.retry import Retry
 from config import Settings, constants
 from tsbatch.errors import RedisUnreachable
 
+LEASE_GRACE_MS = int(constants.LEASE_GRACE_S * 1000)
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -341,7 +343,7 @@ class Ledger:
                 self.outbox_key,
                 f"{self.prefix}:claimed_mark",
             ],
-            [worker, lease_ms, now_ms(), max_attempts, lease_ms, descriptor, key],
+            [worker, lease_ms, now_ms(), max_attempts, LEASE_GRACE_MS, descriptor, key],
         )
         if status in ("claimed", "poison"):
             return Claim(str(status), f"{value}|{worker}", 0.0, int(attempts), int(failures))
@@ -445,6 +447,7 @@ class Ledger:
                 f"{self.prefix}:unit:",
                 f"{self.prefix}:lease:",
                 self.republish_after_ms,
+                LEASE_GRACE_MS,
             ],
         )
         return [(str(flat[i]), str(flat[i + 1])) for i in range(0, len(flat), 2)]

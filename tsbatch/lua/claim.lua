@@ -1,6 +1,7 @@
 -- Claim a unit with a lease and a fresh fencing token, counting the attempt durably.
 -- KEYS: unit, lease, fence, stats, outbox, claimed_mark
--- ARGV: worker, lease_ttl_ms, now_ms, max_attempts, grace_ms, descriptor (JSON), unit key
+-- ARGV: worker, lease_ttl_ms, now_ms, max_attempts, grace_ms (the sweeper's look after the lease could
+--       have lapsed), descriptor (JSON), unit key
 -- Returns {status, token_or_pttl, attempts, failures}:
 --   committed | dead           done already: ack the message
 --   busy                       another holder's lease is live (its pttl): ack, the sweeper covers it

@@ -2,7 +2,8 @@
 -- next look into the future, so that concurrent sweepers do not publish the same unit twice in a row
 -- (and a sweeper that dies after this step has its units swept again later).
 -- KEYS: outbox, queue (the broker's list), claimed_mark, stats
--- ARGV: now_ms, limit, republish_after_ms, unit key prefix, lease key prefix, grace_ms
+-- ARGV: now_ms, limit, republish_after_ms, unit key prefix, lease key prefix, grace_ms (a never-claimed
+--       unit's margin over the newest claim), lease_grace_ms (a look this long after a live lease lapses)
 -- A due unit is overdue when nobody holds its lease and its last published message cannot be waiting:
 --   - it was claimed since it was last published: its message was taken, and the unit is due, so the
 --     copy that should have come back (a Celery retry, a redelivery) did not: its holder died;
@@ -27,7 +28,8 @@ for _, key in ipairs(due) do
   if state ~= 'planned' or not desc then
     redis.call('ZREM', KEYS[1], key)
   elseif redis.call('EXISTS', lease) == 1 then
-    redis.call('ZADD', KEYS[1], now + redis.call('PTTL', lease) + grace, key)
+    -- Its holder renews it while alive; once it lapses nobody can (renew.lua), so look right after.
+    redis.call('ZADD', KEYS[1], now + redis.call('PTTL', lease) + tonumber(ARGV[7]), key)
   elseif published > tonumber(claimed or '0') and queued > 0 and published + grace > mark then
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), key)
   else
