@@ -109,8 +109,15 @@ def test_a_worker_killed_in_the_middle_of_a_chunk_loses_nothing_and_commits_once
 def test_a_chunk_that_outlives_the_visibility_timeout_is_not_committed_twice(
     make_stack, fault_proxy, data_dir: Path
 ) -> None:
-    # retry_max_s: a countdown may not outlast the visibility timeout (the settings refuse it).
-    settings = {**FAST_LEASES, "visibility_timeout_s": 2, "unacked_restore_interval_s": 1, "retry_max_s": 2}
+    # retry_max_s, retry_after_max_s: a countdown may not outlast the visibility timeout (the settings
+    # refuse it).
+    settings = {
+        **FAST_LEASES,
+        "visibility_timeout_s": 2,
+        "unacked_restore_interval_s": 1,
+        "retry_max_s": 2,
+        "retry_after_max_s": 1,
+    }
     stack = make_stack(producer={"chunk_lines": 3_000}, worker=settings)
     proxy = _slow_route(stack, fault_proxy)
     stack.start_worker(name="a")
