@@ -2044,7 +2044,7 @@ def render(results: list[Result], sizes: Sizes, meta: dict[str, str]) -> str:
         f"{meta['load_before']} before, {meta['load_after']} after.",
         "",
         f"**{passed} of {len(results)} scenarios met every target** (0 lost, 0 duplicated, 0 committed "
-        "twice, 0 stuck workers, and each scenario's own)."
+        "twice, 0 stranded, 0 stuck workers, and each scenario's own)."
         + (f" Not met: {', '.join(failed)}." if failed else ""),
         "",
         "## Setup",
