@@ -112,6 +112,11 @@ def test_a_unit_claimed_more_than_max_attempts_times_is_poison(redis_server: str
     claim = book.claim("k", worker="w:9", lease_ttl_s=5, max_attempts=3, descriptor=_desc("k"))
 
     assert (claim.status, claim.attempts) == ("poison", 4)
+    assert [h.split(" ", 1)[1] for h in book.history("k")] == [
+        "claim 2 by w:1",
+        "claim 3 by w:1",
+        "claim 4 by w:9",
+    ]  # who had it: a killed claim records nothing else
     assert book.dead_letter("k", claim.holder, entry={"reason": "poison"})
     assert book.job("j").dead == 1 and book.job("j").done
 

@@ -332,7 +332,7 @@ class Ledger:
     def claim(
         self, key: str, *, worker: str, lease_ttl_s: float, max_attempts: int, descriptor: str
     ) -> Claim:
-        lease_ms = int(lease_ttl_s * 1000)
+        lease_ms, now = int(lease_ttl_s * 1000), now_ms()
         status, value, attempts, failures = self._run(
             "claim",
             [
@@ -343,7 +343,7 @@ class Ledger:
                 self.outbox_key,
                 f"{self.prefix}:claimed_mark",
             ],
-            [worker, lease_ms, now_ms(), max_attempts, LEASE_GRACE_MS, descriptor, key],
+            [worker, lease_ms, now, max_attempts, LEASE_GRACE_MS, descriptor, key, _iso(now)],
         )
         if status in ("claimed", "poison"):
             return Claim(str(status), f"{value}|{worker}", 0.0, int(attempts), int(failures))

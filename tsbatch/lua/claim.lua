@@ -1,7 +1,7 @@
 -- Claim a unit with a lease and a fresh fencing token, counting the attempt durably.
 -- KEYS: unit, lease, fence, stats, outbox, claimed_mark
 -- ARGV: worker, lease_ttl_ms, now_ms, max_attempts, grace_ms (the sweeper's look after the lease could
---       have lapsed), descriptor (JSON), unit key
+--       have lapsed), descriptor (JSON), unit key, now as ISO 8601 (for the history)
 -- Returns {status, token_or_pttl, attempts, failures}:
 --   committed | dead           done already: ack the message
 --   busy                       another holder's lease is live (its pttl): ack, the sweeper covers it
@@ -26,6 +26,16 @@ end
 local token = redis.call('INCR', KEYS[3])
 redis.call('SET', KEYS[2], token .. '|' .. ARGV[1], 'PX', ARGV[2])
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if attempts > 1 then
+  -- A claim after another that ended without a commit: say who had it, so that a poison dead letter
+  -- tells whose processes a unit took down (a killed claim records nothing else).
+  local history = cjson.decode(redis.call('HGET', KEYS[1], 'history') or '[]')
+  table.insert(history, ARGV[8] .. ' claim ' .. attempts .. ' by ' .. ARGV[1])
+  while #history > 10 do
+    table.remove(history, 1)
+  end
+  redis.call('HSET', KEYS[1], 'history', cjson.encode(history))
+end
 redis.call('HSET', KEYS[1], 'claimed_ms', ARGV[3])
 local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
 -- The sweeper looks again once this lease could have lapsed.
