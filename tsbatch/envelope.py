@@ -19,7 +19,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     w = settings.worker
     return {
         "broker_url": settings.redis.url.get_secret_value(),
-        # kombu's Redis transport, except that a Redis out of memory is waited out, not fatal.
+        # kombu's Redis transport, except that an ack refused by a Redis out of memory frees its slot.
         "broker_transport": TRANSPORT,
         # Results live in the ledger; a result backend would only duplicate them.
         "task_ignore_result": True,

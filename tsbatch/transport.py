@@ -1,15 +1,13 @@
 """kombu's Redis transport, made to ride out Redis refusing writes (OOM under ``noeviction``).
 
-Two things stopped a worker for good when Redis reached ``maxmemory`` (issue #8):
-
-- kombu counts ``redis.ResponseError`` as a channel error, so a refused command killed the main
-  process ("Unrecoverable error: server:OutOfMemoryError"). Counted as a connection error here, the
-  consumer reconnects with its usual backoff until Redis has memory again.
-- a refused ack or reject left the message among the channel's delivered ones, so with a prefetch of one
-  the worker never fetched again. Here the delivery slot is freed whatever Redis says; the message stays
-  in Redis's unacked set (restored after the visibility timeout) and, more to the point, its unit stays
-  in the ledger's outbox until it is committed, so the sweeper publishes it again if need be. A copy
-  that arrives after the commit meets the claim and is acked.
+kombu counts ``redis.ResponseError`` as a channel error, which stopped the worker for good ("Unrecoverable
+error: server:OutOfMemoryError"); ``broker_channel_error_retry`` (tsbatch/envelope.py) makes the consumer
+reconnect instead. What remains is here: a refused ack or reject left the message among the channel's
+delivered ones, so with a prefetch of one the worker never fetched again (seen: a worker idle after the
+memory was freed, "Couldn't reject ... server:OutOfMemoryError"). Here the delivery slot is freed whatever
+Redis says; the message stays in Redis's unacked set (restored after the visibility timeout) and, more
+to the point, its unit stays in the ledger's outbox until it is committed, so the sweeper publishes it
+again if need be. A copy that arrives after the commit meets the claim and is acked.
 """
 
 from __future__ import annotations
@@ -49,4 +47,3 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
-    connection_errors = (*kombu_redis.Transport.connection_errors, OutOfMemoryError)
