@@ -97,15 +97,6 @@ class RouteSettings(_Section):
             raise ValueError('give token or token_file (token = "" for a server without authentication)')
         return self
 
-    def token_value(self) -> str:
-        """The route's token, read from ``token_file`` at each call so rotated secrets are picked up."""
-        if self.token_file is not None:
-            try:
-                return self.token_file.read_text().strip()
-            except OSError as e:
-                raise ConfigError(f"token_file {self.token_file}: {e.strerror}") from e
-        return self.token.get_secret_value() if self.token is not None else ""
-
 
 class WorkerSettings(_Section):
     concurrency: int = Field(default=2, ge=1)
