@@ -121,9 +121,7 @@ def test_a_whole_worker_killed_mid_chunk_with_default_settings_is_recovered_with
     got = landed(stack.routes["default"].url)
     # VictoriaMetrics keeps rewritten samples (InfluxDB would overwrite them): compare distinct ones.
     assert {k: sorted(set(v)) for k, v in got.items()} == expected(20, 100)
-    print(
-        f"whole worker killed: chunk committed {recovered_s:.1f} s after the kill (bound {bound:.0f} s + writes)"
-    )
+    print(f"whole worker killed: committed {recovered_s:.1f} s after the kill (bound {bound:.0f} s + writes)")
 
 
 def test_a_rerun_lists_dead_lettered_chunks_fails_and_retry_dead_does_them_once(
