@@ -93,7 +93,7 @@ after ``republish_after_s`` (60 s) more."""
 
 SWEEP_INTERVAL_S: Final = 5.0
 """How often each worker's main process sweeps the outbox: a unit whose holder died is published
-again within ``lease_ttl_s`` plus this. One Lua call per sweep."""
+again within ``lease_ttl_s`` + ``LEASE_GRACE_S`` plus this. One Lua call per sweep."""
 
 PLANNING_STALE_S: Final = 30.0
 """A job still planning whose producer has not been heard from for this long was interrupted (SIGKILL)."""
