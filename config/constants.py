@@ -125,6 +125,18 @@ BREAKER_THRESHOLD: Final = 5
 BREAKER_COOLDOWN_S: Final = 30.0
 """How long an open breaker rejects work before one probe is let through."""
 
+READ_TIMEOUT_S: Final = 300.0
+"""Timeout of one window's read (a Flux query or a VictoriaMetrics export). influxdb-client's default of
+10 s is far too short for a window of raw points; a window longer than this should be made shorter."""
+
+TICK_S: Final = 10.0
+"""How often ``tsbatch beat`` sends the scheduler tick: a window is planned at most this long after it is
+due (its end + the job's offset). Each tick is one cheap pass over the jobs' watermarks."""
+
+MAX_WINDOWS_PER_TICK: Final = 100
+"""Windows planned per job and tick: after a long downtime the backlog is planned oldest first, 100 every
+tick (600 a minute at the default tick), so the queue never fills with one job's years of windows."""
+
 READ_BLOCK_BYTES: Final = 1 << 20
 """Producer read size while scanning for line boundaries: memory stays flat at ~1 MiB a file."""
 

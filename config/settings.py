@@ -8,11 +8,14 @@ This is the only module that reads the environment.
 from __future__ import annotations
 
 import os
+import re
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -70,15 +73,64 @@ class SourceSettings(_Section):
         return roots
 
 
-class RouteSettings(_Section):
-    """One InfluxDB v2 target. Descriptors carry the route's name, never its URL or token."""
+_DURATION_UNITS = {"w": 604_800, "d": 86_400, "h": 3_600, "m": 60, "s": 1}
+_DURATION = re.compile(r"(\d+)(w|d|h|m|s)")
+_DURATION_WHOLE = re.compile(r"(?:\d+(?:w|d|h|m|s))+")
 
+
+def parse_duration(value: object) -> int:
+    """Whole seconds from ``"90s"``, ``"5m"``, ``"1h30m"``, ``"1d"``, ``"2w"`` or an int of seconds.
+
+    Months and years are refused: their length varies, and a window's bounds must be arithmetic on the
+    epoch (DESIGN.md "Windows")."""
+    if isinstance(value, bool):
+        raise ValueError("a duration such as '5m', '90s', '1h'")
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str) and _DURATION_WHOLE.fullmatch(value.strip()):
+        seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in _DURATION.findall(value))
+    else:
+        raise ValueError(f"{value!r} is not a duration such as '5m', '90s', '1h30m', '1d' (no months)")
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+Duration = Annotated[int, BeforeValidator(parse_duration)]
+RouteKind = Literal["influxdb2", "victoriametrics"]
+JobKind = Literal["downsample", "copy"]
+Aggregate = Literal[
+    "mean", "min", "max", "count", "sum", "first", "last", "stddev", "p50", "p90", "p95", "p99"
+]
+AGGREGATES: tuple[Aggregate, ...] = (
+    "mean",
+    "min",
+    "max",
+    "count",
+    "sum",
+    "first",
+    "last",
+    "stddev",
+    "p50",
+    "p90",
+    "p95",
+    "p99",
+)
+
+
+class RouteSettings(_Section):
+    """One InfluxDB v2 target (``influxdb2``) or a VictoriaMetrics server speaking its write API
+    (``victoriametrics``: read back through ``/api/v1/export``). Descriptors carry the route's name, never
+    its URL or token."""
+
+    kind: RouteKind = "influxdb2"
     url: str
     org: str
     bucket: str
     token: SecretStr | None = None
     token_file: Path | None = None
     timeout_s: float = Field(default=constants.WRITE_TIMEOUT_S, gt=0)
+    read_timeout_s: float = Field(default=constants.READ_TIMEOUT_S, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -155,6 +207,90 @@ class LedgerSettings(_Section):
     sweep_interval_s: float = Field(default=constants.SWEEP_INTERVAL_S, gt=0)
 
 
+def _no_control(name: str, what: str) -> str:
+    if not name or any(ord(c) < 32 or c == "\x7f" for c in name):
+        raise ValueError(f"{what} {name!r}: must be non-empty, without control characters")
+    return name
+
+
+class JobSettings(_Section):
+    """A scheduled job over UTC-aligned windows ``[k*every, (k+1)*every)`` (docs/WINDOWS.md).
+
+    Everything that decides what a window writes is its *definition* (``definition()``): it is hashed
+    into every window's key and carried in its descriptor. ``offset``, ``start`` and ``recheck`` only
+    decide when windows run."""
+
+    kind: JobKind
+    source: str
+    target: str
+    measurement: str
+    fields: list[str] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict)
+    every: Duration
+    offset: Duration = 0
+    aggregates: list[Aggregate] = Field(default_factory=list)
+    mode: Literal["worker", "server"] = "worker"
+    start: datetime | None = None
+    output_measurement: str | None = None
+    recheck: Duration = 0
+
+    @field_validator("every")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("must be at least 1s")
+        return v
+
+    @field_validator("start")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("needs a UTC offset, e.g. 2026-01-01T00:00:00Z")
+        return v.astimezone(UTC) if v is not None else None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSettings:
+        _no_control(self.measurement, "measurement")
+        for f in self.fields:
+            _no_control(f, "field")
+        for k, v in self.tags.items():
+            _no_control(k, "tag")
+            _no_control(v, "tag value")
+        if self.output_measurement is not None:
+            _no_control(self.output_measurement, "output_measurement")
+        if len(set(self.fields)) != len(self.fields):
+            raise ValueError("fields: listed twice")
+        if self.kind == "downsample":
+            if not self.aggregates:
+                raise ValueError("aggregates: a downsample needs at least one (mean, min, max, count, ...)")
+            if len(set(self.aggregates)) != len(self.aggregates):
+                raise ValueError("aggregates: listed twice")
+        elif self.aggregates or self.output_measurement:
+            raise ValueError("aggregates and output_measurement are for kind = 'downsample'")
+        return self
+
+    def definition(self) -> dict[str, Any]:
+        """What decides a window's output: hashed into its key, carried in its descriptor."""
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "target": self.target,
+            "measurement": self.measurement,
+            "fields": sorted(self.fields),
+            "tags": dict(sorted(self.tags.items())),
+            "every": self.every,
+            "aggregates": list(self.aggregates),
+            "mode": self.mode,
+            "output_measurement": self.output_measurement or self.measurement,
+        }
+
+
+class SchedulerSettings(_Section):
+    tick_s: float = Field(default=constants.TICK_S, gt=0)
+    max_windows_per_tick: int = Field(default=constants.MAX_WINDOWS_PER_TICK, ge=1)
+    schedule_dir: Path | None = None
+
+
 class FlowerSettings(_Section):
     port: int = 5555
     address: str = "127.0.0.1"
@@ -176,6 +312,8 @@ class Settings(BaseSettings):
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
+    jobs: dict[str, JobSettings] = Field(default_factory=dict)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -192,12 +330,45 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
         return tuple(sources)
 
+    @model_validator(mode="after")
+    def _jobs_use_known_routes(self) -> Settings:
+        # At load, so a typo stops every command (the beat, the workers, the CLI) with the job's name.
+        for name, job in self.jobs.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+                raise ValueError(f"jobs.{name}: a job name is 1-64 letters, digits, '_', '.' or '-'")
+            for side in ("source", "target"):
+                route = getattr(job, side)
+                if route not in self.routes:
+                    known = ", ".join(sorted(self.routes)) or "none configured"
+                    raise ValueError(f"jobs.{name}.{side}: unknown route {route!r} (known: {known})")
+            src, dst = self.routes[job.source], self.routes[job.target]
+            if job.kind == "copy" and (src.url, src.org, src.bucket) == (dst.url, dst.org, dst.bucket):
+                raise ValueError(
+                    f"jobs.{name}: source and target are the same bucket: a copy would do nothing"
+                )
+            if job.mode == "server":
+                if src.kind != "influxdb2" or dst.kind != "influxdb2":
+                    raise ValueError(f"jobs.{name}: mode = 'server' runs Flux: both routes must be influxdb2")
+                if (src.url, src.org) != (dst.url, dst.org):
+                    # Flux's to() could reach another server only with a token inside the query text.
+                    raise ValueError(
+                        f"jobs.{name}: mode = 'server' needs source and target on one server and org"
+                    )
+        return self
+
     def route(self, name: str) -> RouteSettings:
         try:
             return self.routes[name]
         except KeyError:
             known = ", ".join(sorted(self.routes)) or "none configured"
             raise ConfigError(f"routes.{name}: unknown route (known: {known})") from None
+
+    def job(self, name: str) -> JobSettings:
+        try:
+            return self.jobs[name]
+        except KeyError:
+            known = ", ".join(sorted(self.jobs)) or "none configured"
+            raise ConfigError(f"jobs.{name}: unknown job (known: {known})") from None
 
 
 def _describe(err: ValidationError) -> str:
