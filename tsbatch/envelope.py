@@ -12,7 +12,8 @@ from celery import Celery
 from config import Settings, load_settings
 from tsbatch.transport import TRANSPORT
 
-TASK_NAME = "tsbatch.ingest_chunk"
+TASK_NAME = "tsbatch.ingest_chunk"  # every unit: a chunk or a window descriptor
+TICK_TASK_NAME = "tsbatch.tick"  # the scheduler's tick, sent by ``tsbatch beat``
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -41,7 +42,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "unacked_restore_throttle": 1,
         },
         "task_default_queue": settings.producer.queue,
-        "task_routes": {TASK_NAME: {"queue": settings.producer.queue}},
+        "task_routes": {
+            TASK_NAME: {"queue": settings.producer.queue},
+            TICK_TASK_NAME: {"queue": settings.producer.queue},
+        },
+        # ``tsbatch beat``: one periodic tick. Celery's in-memory scheduler: nothing to persist (a
+        # missed tick is covered by the next, which plans from the watermark), and no shelve file that
+        # two beats could corrupt. A tick still queued after three periods is dropped: a newer one
+        # does the same work.
+        "beat_scheduler": "celery.beat:Scheduler",
+        "beat_schedule": {
+            "tsbatch-tick": {
+                "task": TICK_TASK_NAME,
+                "schedule": settings.scheduler.tick_s,
+                "options": {"queue": settings.producer.queue, "expires": 3 * settings.scheduler.tick_s},
+            }
+        },
         # Keep consuming across Redis restarts (celery#9054, #8030): retry the broker forever.
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,

@@ -15,6 +15,9 @@ Keys (``P`` is the configured prefix):
   (``sweep.lua`` re-publishes a unit whose message is overdue). ``P:claimed_mark``: the planning time of
   the newest unit claimed so far.
 - ``P:job:<job>``    hash of a job's counters; ``P:jobs`` sorted set of job ids by creation time.
+- ``P:window:<job>`` hash of a scheduled job's marks: ``first`` (its first window), ``watermark``
+  (every window before it is committed), ``planned_to`` (windows before it are planned), ``def`` (the
+  digest of the definition last seen); ``P:wgen:<job>`` hash: window start -> its current generation.
 - ``P:dlq``          capped stream of dead-letter entries; ``P:stats`` hash of counters.
 
 Every state change is one Lua script, so a crash between two Redis calls cannot leave half a change.
@@ -200,7 +203,7 @@ def clip(text: str, keep_bytes: int) -> str:
     return data[:keep_bytes].decode("utf-8", "ignore")
 
 
-SCRIPTS = ("plan", "claim", "renew", "release", "commit", "deadletter", "sweep")
+SCRIPTS = ("plan", "claim", "renew", "release", "commit", "deadletter", "sweep", "advance")
 
 
 class Ledger:
@@ -252,6 +255,16 @@ class Ledger:
     @property
     def outbox_key(self) -> str:
         return f"{self.prefix}:outbox"
+
+    def window_key(self, job: str) -> str:
+        return f"{self.prefix}:window:{job}"
+
+    def generation_key(self, job: str) -> str:
+        return f"{self.prefix}:wgen:{job}"
+
+    def advance(self, job: str, mark: str, value: int) -> int:
+        """Move a scheduled job's ``mark`` forward to ``value`` (never back); return the mark now."""
+        return int(self._run("advance", [self.window_key(job)], [mark, value]))
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._scripts[name](keys=list(keys), args=list(args))

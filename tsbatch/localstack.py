@@ -269,6 +269,7 @@ class Stack:
     config: Path
     settings: dict[str, Any] = field(default_factory=dict)
     workers: list[Process] = field(default_factory=list)
+    beats: list[Process] = field(default_factory=list)
     flower: Process | None = None
 
     @property
@@ -316,6 +317,16 @@ class Stack:
         self.workers.append(worker)
         return worker
 
+    def start_beat(self) -> Process:
+        """Start ``tsbatch beat`` (any number of them may run) and wait until it is sending ticks."""
+        name = f"beat{len(self.beats) + 1}"
+        log = self.workdir / f"{name}.log"
+        proc = _spawn(name, self.tsbatch("beat", "--loglevel", "debug"), log, self.env())
+        beat = Process(name, proc, log)
+        _wait(lambda: "beat: Starting" in log.read_text(errors="replace"), name, proc, log, 60)
+        self.beats.append(beat)
+        return beat
+
     def start_flower(self, *, user: str, password: str) -> Process:
         port = free_port()
         log = self.workdir / "flower.log"
@@ -332,7 +343,7 @@ class Stack:
         return flower
 
     def stop(self) -> None:
-        for p in [*self.workers, *([self.flower] if self.flower else [])]:
+        for p in [*self.beats, *self.workers, *([self.flower] if self.flower else [])]:
             p.stop(timeout=60)
         for p in [*self.routes.values(), self.redis]:
             p.stop()
@@ -367,7 +378,8 @@ def start_stack(
         "redis": {"url": f"redis://127.0.0.1:{red.port}/0"},
         "sources": {"roots": [str(r) for r in roots]},
         "routes": {
-            n: {"url": vm.url, "org": "local", "bucket": n, "token": "local-token"} for n, vm in vms.items()
+            n: {"kind": "victoriametrics", "url": vm.url, "org": "local", "bucket": n, "token": "local-token"}
+            for n, vm in vms.items()
         },
         "worker": dict(worker or {}),
         "producer": dict(producer or {}),

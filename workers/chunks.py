@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tsbatch.descriptor import ChunkDescriptor
-from tsbatch.errors import PermanentWriteError, RouteUnavailable, SourceError
+from tsbatch.errors import SourceError
 from tsbatch.ledger import RejectedLine
 from tsbatch.sources import open_source
 from workers.harness import Attempt, Result
@@ -90,7 +90,7 @@ class ChunkWork:
                 f"producer.max_chunk_bytes ({limit})",
                 reason="chunk_too_large",
             )
-        await self._breaker_allows()
+        await self.rt.breaker_allows(desc.route)
         written, rejected, timings = await self._write_all(attempt)
         digest = hashlib.sha256(b"".join(d for w in written for d in w.digests)).hexdigest()
         points, size = sum(w.points for w in written), sum(w.size for w in written)
@@ -131,18 +131,6 @@ class ChunkWork:
             read=t_encode - t_read, encode=t_write - t_encode, write=time.perf_counter() - t_write
         )
         return [task.result() for task in sends], rejected, timings
-
-    async def _breaker_allows(self) -> None:
-        route = self.desc.route
-        verdict = await asyncio.to_thread(self.rt.guard.allow, route)
-        if verdict.allowed:
-            if verdict.failures:
-                self.rt.writer(route).breaker_dirty = True  # our first success resets the count
-            return
-        if verdict.kind == "permanent":
-            # A refused token or a missing bucket does not mend itself: dead-letter without a request.
-            raise PermanentWriteError(f"route {route}: circuit open after: {verdict.reason}")
-        raise RouteUnavailable(f"route {route}: circuit open after: {verdict.reason}", wait_s=verdict.wait_s)
 
     @staticmethod
     async def _room(sends: list[asyncio.Task[Any]], writes_in_flight: int) -> None:

@@ -15,7 +15,10 @@ import socket
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import aiohttp
+
 from config import Settings, load_settings
+from tsbatch.errors import PermanentWriteError, RouteUnavailable
 from tsbatch.ledger import open_ledger
 from workers.breaker import RouteGuard
 from workers.writer import RouteWriter
@@ -51,6 +54,7 @@ class Runtime:
             max_pause_s=settings.worker.retry_after_max_s,
         )
         self._writers: dict[str, RouteWriter] = {}
+        self._http: aiohttp.ClientSession | None = None
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
@@ -73,6 +77,24 @@ class Runtime:
             self._writers[route_name] = writer
         return writer
 
+    def http(self) -> aiohttp.ClientSession:
+        """The session for reads (window sources), created on first use inside the loop."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def breaker_allows(self, route: str) -> None:
+        """Raise unless the route's shared breaker lets work through now."""
+        verdict = await asyncio.to_thread(self.guard.allow, route)
+        if verdict.allowed:
+            if verdict.failures:
+                self.writer(route).breaker_dirty = True  # our first success resets the count
+            return
+        if verdict.kind == "permanent":
+            # A refused token or a missing bucket does not mend itself: dead-letter without a request.
+            raise PermanentWriteError(f"route {route}: circuit open after: {verdict.reason}")
+        raise RouteUnavailable(f"route {route}: circuit open after: {verdict.reason}", wait_s=verdict.wait_s)
+
     def close(self) -> None:
         self.closing = True
 
@@ -80,6 +102,9 @@ class Runtime:
             for writer in self._writers.values():
                 await writer.close()
             self._writers.clear()
+            if self._http is not None:
+                await self._http.close()
+                self._http = None
 
         try:
             self.loop.run_until_complete(_close())

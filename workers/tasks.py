@@ -17,19 +17,25 @@ from celery import Task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from config import load_settings
+from producers import schedule
 from tsbatch.descriptor import DescriptorError, parse_descriptor
-from tsbatch.envelope import TASK_NAME
+from tsbatch.envelope import TASK_NAME, TICK_TASK_NAME
+from tsbatch.windows import is_window_message, parse_window
 from workers import sweeper
 from workers.celeryapp import app
 from workers.chunks import ChunkWork
 from workers.harness import Outcome, backoff_s, execute
 from workers.runtime import Runtime, get_runtime, shutdown_runtime
+from workers.windows import WindowWork
 
 log = logging.getLogger("tsbatch.worker")
 
 
 async def run_message(rt: Runtime, message: object) -> Outcome:
     try:
+        if is_window_message(message):
+            window = parse_window(message)
+            return await execute(rt, WindowWork(rt, window), json.dumps(window.to_message()))
         desc = parse_descriptor(message)
     except DescriptorError as e:
         job = message.get("job_id") if isinstance(message, dict) else None
@@ -65,6 +71,19 @@ def ingest_chunk(self: Task, message: dict[str, Any], ledger_errors: int = 0, **
     if outcome.status == "defer":
         raise self.retry(kwargs={}, countdown=outcome.countdown, max_retries=None)
     return asdict(outcome)
+
+
+@app.task(name=TICK_TASK_NAME, ignore_result=True)
+def tick() -> dict[str, Any]:
+    """The scheduler's tick (sent by ``tsbatch beat``): plan every job's due windows. Idempotent: any
+    number of ticks at once plan each window once (producers/schedule.py)."""
+    rt = get_runtime()
+    queue = rt.settings.producer.queue
+
+    def publish(message: dict[str, Any]) -> None:
+        app.send_task(TASK_NAME, args=[message], queue=queue)
+
+    return schedule.tick(rt.settings, rt.ledger, publish)
 
 
 @worker_process_init.connect
