@@ -28,6 +28,7 @@ from tsbatch.envelope import TASK_NAME, create_app
 from tsbatch.errors import SourceError
 from tsbatch.ledger import DeadLetter, JobStatus, now_ms, open_ledger, unreachable
 from tsbatch.sources import Source, open_source
+from tsbatch.windows import WindowDescriptor
 
 BACKPRESSURE_POLL_S = 0.2
 WAIT_POLL_S = 0.2
@@ -286,8 +287,9 @@ class Producer:
         fixed, and produced again.
         """
         chunks = [e for e in entries if e.get("kind") == "chunk" and e.get("descriptor")]
+        windows = [e for e in entries if e.get("kind") == "window" and e.get("descriptor")]
         sub = Submission(job_id or new_job_id())
-        routes = sorted({e.get("route") for e in chunks})
+        routes = sorted({e.get("route") for e in chunks + windows})
         self.connect_broker()
         self.ledger.create_job(
             sub.job_id, route=",".join(routes), paths=sorted({e.get("path") for e in chunks})
@@ -296,6 +298,16 @@ class Producer:
             for entry in chunks:
                 desc = ChunkDescriptor.model_validate_json(entry.get("descriptor"))
                 self._enqueue(desc.model_copy(update={"job_id": sub.job_id}), sub, retry_dead=True)
+                self.ledger.remove_dead_letters([entry.id])
+            for entry in windows:
+                window = WindowDescriptor.model_validate_json(entry.get("descriptor"))
+                message = window.model_copy(update={"job_id": sub.job_id}).to_message()
+                status = self.ledger.plan(
+                    window.key, sub.job_id, descriptor=json.dumps(message), retry_dead=True
+                )
+                if status in ("new", "planned"):
+                    self.celery.send_task(TASK_NAME, args=[message], queue=self.settings.producer.queue)
+                    sub.enqueued += 1
                 self.ledger.remove_dead_letters([entry.id])
         except BaseException as e:
             with contextlib.suppress(Exception):

@@ -14,7 +14,6 @@ import urllib.request
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
 import pytest
 
 from tests.conftest import cli, ledger, wait_for
@@ -122,8 +121,12 @@ def test_downsample_equals_reference_for_every_aggregate(make_stack: Any) -> Non
         for name, value in fields.items():
             assert got[key][name] == pytest.approx(value, rel=1e-9, abs=1e-9), (key, name)
 
-    rows = [json.loads(line) for line in cli(stack, "windows", "cpu_10m", "--from", iso(T0), "--to",
-                                                  iso(T0 + 3 * EVERY), "--json").stdout.splitlines()]
+    rows = [
+        json.loads(line)
+        for line in cli(
+            stack, "windows", "cpu_10m", "--from", iso(T0), "--to", iso(T0 + 3 * EVERY), "--json"
+        ).stdout.splitlines()
+    ]
     assert [r["state"] for r in rows] == ["committed"] * 3
     points = sum(len(v) for v in raw.values())
     assert sum(r["points_read"] for r in rows) == points
@@ -149,10 +152,14 @@ def test_second_backfill_and_dry_run_write_nothing(make_stack: Any) -> None:
     copied = 4 * (2 * EVERY // 10) * 2  # every raw point, both fields
     wait_for(lambda: vm_rows_inserted(stack.routes["warm"].url) >= copied, timeout=30, what="copied rows")
     assert vm_rows_inserted(stack.routes["warm"].url) == copied
-    hot = {(r["metric"]["__name__"], r["metric"]["host"]): r["values"]
-           for r in vm_export_settled(stack.routes["hot"].url)}
-    warm = {(r["metric"]["__name__"], r["metric"]["host"]): r["values"]
-            for r in vm_export_settled(stack.routes["warm"].url, expect_samples=copied)}
+    hot = {
+        (r["metric"]["__name__"], r["metric"]["host"]): r["values"]
+        for r in vm_export_settled(stack.routes["hot"].url, expect_samples=copied)
+    }
+    warm = {
+        (r["metric"]["__name__"], r["metric"]["host"]): r["values"]
+        for r in vm_export_settled(stack.routes["warm"].url, expect_samples=copied)
+    }
     assert warm == hot
 
     second = cli(stack, "backfill", "cpu_copy", "--from", frm, "--to", to, "--wait", "--json")
@@ -160,3 +167,161 @@ def test_second_backfill_and_dry_run_write_nothing(make_stack: Any) -> None:
     assert json.loads(second.stdout.splitlines()[-1])["skipped"] == 2
     time.sleep(1)
     assert vm_rows_inserted(stack.routes["warm"].url) == copied
+
+
+def _window_rows(stack: Stack, job: str, start: int, end: int) -> list[dict[str, Any]]:
+    r = cli(stack, "windows", job, "--from", iso(start), "--to", iso(end), "--json")
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def test_a_scheduler_down_for_three_hours_catches_up_every_window_once_with_two_beats(
+    make_stack: Any,
+) -> None:
+    every = 300
+    now = int(time.time())
+    first = now - now % every - 36 * every  # the scheduler was down for three hours
+    stack = make_stack(routes=("hot", "warm"))
+    raw = write_raw(stack.routes["hot"].url, hosts=6, start=first, seconds=36 * every, step=30)
+    add_job(
+        stack,
+        "cpu_5m",
+        kind="downsample",
+        aggregates=["mean", "count"],
+        every="5m",
+        offset="0s",
+        start=iso(first),
+    )
+    stack.settings["scheduler"] = {"tick_s": 1, "max_windows_per_tick": 10}
+    stack.write_config()
+    stack.start_worker(concurrency=2)
+    stack.start_beat()
+    stack.start_beat()  # two beats at once: every tick twice, no lock
+
+    book = ledger(stack)
+
+    def caught_up() -> bool:
+        marks = book.redis.hgetall("tsbatch:window:cpu_5m")
+        due = int(time.time()) // every * every
+        return bool(marks) and int(marks["watermark"]) >= due and marks["watermark"] == marks["planned_to"]
+
+    wait_for(caught_up, timeout=240, what="the watermark to reach the last due window")
+    for beat in stack.beats:
+        beat.stop()
+    marks = {k: int(v) for k, v in book.redis.hgetall("tsbatch:window:cpu_5m").items() if k != "def"}
+    assert marks["first"] == first
+    ticks = [b.log.read_text().count("Scheduler: Sending due task") for b in stack.beats]
+    assert min(ticks) >= 2  # both beats ticked, several times each: 36 windows at 10 a tick
+
+    rows = _window_rows(stack, "cpu_5m", first, marks["watermark"])
+    n = len(rows)
+    assert n >= 36
+    assert all(r["state"] == "committed" and r["generation"] == 0 and r["attempts"] == 1 for r in rows)
+    assert book.stats()["commits"] == n  # nothing else ran, and no window twice
+    sched = book.job("sched-cpu_5m")
+    assert (sched.units, sched.committed, sched.dead) == (n, n, 0)
+    # Each window wrote one point per host with usage/system x mean/count; a window run twice would
+    # have written its rows twice.
+    written_rows = sum(r["points_written"] for r in rows)
+    wait_for(lambda: vm_rows_inserted(stack.routes["warm"].url) >= written_rows * 4, timeout=30, what="rows")
+    assert vm_rows_inserted(stack.routes["warm"].url) == written_rows * 4
+    got, want = written(stack.routes["warm"].url), reference(raw, first, first + 36 * every, every)
+    for key, fields in want.items():
+        for name in ("usage_mean", "system_count"):
+            assert got[key][name] == pytest.approx(fields[name], rel=1e-9), (key, name)
+
+
+def test_a_worker_killed_in_the_middle_of_a_window_commits_it_once_with_correct_output(
+    make_stack: Any, fault_proxy: Any
+) -> None:
+    stack = make_stack(
+        routes=("hot", "warm"),
+        worker={"lease_ttl_s": 3, "heartbeat_s": 0.5, "batch_lines": 100, "writes_in_flight": 1},
+        ledger={"sweep_interval_s": 1},
+    )
+    write_raw(stack.routes["hot"].url, hosts=4, start=T0, seconds=EVERY, step=10)  # 480 points
+    proxy = fault_proxy(stack.routes["warm"].url)
+    proxy.set_faults([{"mode": "slow", "delay_s": 0.4}])
+    stack.point_route("warm", proxy.url)
+    add_job(stack, "cpu_copy", kind="copy", start=iso(T0))
+    worker = stack.start_worker(concurrency=1, name="victim")
+    r = cli(stack, "backfill", "cpu_copy", "--from", iso(T0), "--to", iso(T0 + EVERY))
+    assert r.returncode == 0, r.stderr
+
+    wait_for(lambda: len(proxy.requests()) >= 2, what="the first writes")
+    from tsbatch.localstack import children
+
+    [child] = children(worker.proc.pid)
+    os_kill(child)
+
+    book = ledger(stack)
+    rows = wait_for(
+        lambda: (rs := _window_rows(stack, "cpu_copy", T0, T0 + EVERY))[0]["state"] == "committed" and rs,
+        timeout=180,
+        what="the window's commit",
+    )
+    assert rows[0]["attempts"] >= 2  # claimed again after the kill
+    assert book.stats()["commits"] == 1
+    hot = {
+        (r["metric"]["__name__"], r["metric"]["host"]): sorted(zip(r["timestamps"], r["values"], strict=True))
+        for r in vm_export_settled(stack.routes["hot"].url, expect_samples=480)
+    }
+    warm = vm_export_settled(stack.routes["warm"].url, expect_samples=480)
+    # VictoriaMetrics keeps rewritten samples (InfluxDB overwrites them): compare distinct ones.
+    got: dict[tuple[str, str], set[tuple[int, float]]] = defaultdict(set)
+    for row in warm:
+        got[(row["metric"]["__name__"], row["metric"]["host"])] |= set(
+            zip(row["timestamps"], row["values"], strict=True)
+        )
+    assert {k: sorted(v) for k, v in got.items()} == hot
+
+
+def os_kill(pid: int) -> None:
+    import os
+
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_late_points_in_a_committed_window_are_found_by_verify_and_repaired(make_stack: Any) -> None:
+    stack = make_stack(routes=("hot", "warm"))
+    hot = stack.routes["hot"].url
+    raw = write_raw(hot, hosts=3, start=T0, seconds=2 * EVERY, step=20)
+    add_job(stack, "cpu_10m", kind="downsample", aggregates=["mean", "count", "max"], start=iso(T0))
+    stack.start_worker(concurrency=1)
+    frm, to = iso(T0), iso(T0 + 2 * EVERY)
+    assert cli(stack, "backfill", "cpu_10m", "--from", frm, "--to", to, "--wait").returncode == 0
+    clean = cli(stack, "windows", "verify", "cpu_10m", "--from", frm, "--to", to)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "2 committed windows checked, 0 changed" in clean.stderr
+
+    # Late points arrive in the second window after its commit (after the offset had passed).
+    late_t = T0 + EVERY + 301
+    post_lines(hot, [f"cpu,host=h000,region=r0 usage=1000,system=1 {late_t}"])
+    wait_for(lambda: vm_rows_inserted(hot) >= sum(len(v) for v in raw.values()) + 2, what="late point")
+    raw[("h000", "r0", "usage")].append((late_t * 1000, 1000.0))
+    raw[("h000", "r0", "system")].append((late_t * 1000, 1.0))
+
+    found = cli(stack, "windows", "verify", "cpu_10m", "--from", frm, "--to", to, "--json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    [repair] = [json.loads(line) for line in found.stdout.splitlines()]
+    assert repair["window"] == iso(T0 + EVERY) and repair["generation"] == 1
+
+    rows = wait_for(
+        lambda: (rs := _window_rows(stack, "cpu_10m", T0, T0 + 2 * EVERY))[1]["state"] == "committed" and rs,
+        timeout=120,
+        what="the repaired window",
+    )
+    assert [r["generation"] for r in rows] == [0, 1]
+    want = reference(raw, T0, T0 + 2 * EVERY, EVERY)[("h000", "r0", T0 + EVERY)]
+    assert want["usage_max"] == 1000.0
+    values = defaultdict(set)
+    for row in vm_export_settled(
+        stack.routes["warm"].url, expect_samples=vm_rows_inserted(stack.routes["warm"].url)
+    ):
+        if row["metric"]["host"] == "h000":
+            for ms, v in zip(row["timestamps"], row["values"], strict=True):
+                if ms == (T0 + EVERY) * 1000:
+                    values[row["metric"]["__name__"]].add(v)
+    assert want["usage_max"] in values["cpu_usage_max"] and want["usage_count"] in values["cpu_usage_count"]
+    again = cli(stack, "windows", "verify", "cpu_10m", "--from", frm, "--to", to)
+    assert again.returncode == 0, again.stdout + again.stderr

@@ -41,7 +41,9 @@ def due_end(now_s: float, *, every: int, offset: int) -> int:
 
 
 def window_starts(start: int, end: int, every: int) -> Iterator[int]:
-    """The starts of the windows that cover ``[start, end)``, oldest first."""
+    """The starts of the windows that cover ``[start, end)``, oldest first (none if it is empty)."""
+    if end <= start:
+        return iter(())
     return iter(range(floor_window(start, every), ceil_window(end, every), every))
 
 

@@ -128,6 +128,7 @@ class WindowWork:
     def dlq_entry(self) -> dict[str, str]:
         d = self.desc
         return {
+            "kind": "window",
             "path": "",
             "line": "",
             "window": d.label(),
