@@ -54,17 +54,18 @@ AGGREGATE_FNS: Final[Mapping[str, str]] = {
 _MIN_TIME_S: Final = -(2**63) // 10**9 + 1
 _MAX_TIME_S: Final = (2**63 - 1) // 10**9
 
-# What a Flux string literal cannot hold as it is: the delimiter, the escape character, the start of an
-# interpolation, and control characters (a raw newline would be legal, but a query stays one line per
-# step). \x escapes are bytes, which is right for these ASCII characters.
-_ESCAPE: Final = re.compile(r'[\\"\x00-\x1f\x7f]|\$(?=\{)')
+# What a Flux string literal cannot hold as it is: the delimiter, the escape character, control
+# characters (a raw newline would be legal, but a query keeps one line per step), and "$". Flux's scanner
+# takes "$" and the character after it as one unit unless that is "{" (an interpolation), so in the
+# literal "$\"" the "$" swallows the backslash and the quote ends the string. "$" is therefore written as
+# the byte escape \x24, like the control characters (\x escapes are bytes: right for ASCII).
+_ESCAPE: Final = re.compile(r'[\\"$\x00-\x1f\x7f]')
 _NAMED_ESCAPES: Final[Mapping[str, str]] = {
     "\\": "\\\\",
     '"': '\\"',
     "\n": "\\n",
     "\r": "\\r",
     "\t": "\\t",
-    "$": "\\$",
 }
 _STEP: Final = "\n    |> "
 

@@ -123,7 +123,8 @@ async function main(args) {
         const sources = JSON.parse(readFileSync(0, 'utf8'));
         const results = [];
         for (const [index, source] of sources.entries()) results.push(await checker.check(source, index));
-        process.stdout.write(JSON.stringify(results));
+        // Written in full before process.exit() below: a pipe takes 64 KiB at a time.
+        await new Promise((resolve) => process.stdout.write(JSON.stringify(results), resolve));
         return 0;
     }
     if (args.length === 0 || args.some((a) => a.startsWith('--'))) {
