@@ -56,6 +56,9 @@ def check_flux() -> Callable[[list[str]], list[Checked]]:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.fail("Node.js and npm are needed to check Flux: `make setup` installs nodejs and npm")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout
+    if int(version.lstrip("v").split(".")[0]) < 18:
+        pytest.fail(f"tests/flux/parse.mjs needs Node.js 18 or newer, {node} is {version.strip()}")
     if not PARSER_WASM.exists():
         # package-lock.json pins the package and its checksum; npm ci installs exactly that.
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=FLUX_DIR, check=True, timeout=240)
