@@ -29,6 +29,7 @@ from config.settings import AGGREGATES
 from tsbatch.windows import Definition, iso
 
 __all__ = [
+    "AGGREGATE_FNS",
     "flux_column",
     "flux_duration",
     "flux_string",
@@ -41,8 +42,8 @@ __all__ = [
 _QUANTILE: Final = '(column, tables=<-) => tables |> quantile(q: {q}, column: column, method: "exact_mean")'
 AGGREGATE_FNS: Final[Mapping[str, str]] = {
     **{name: name for name in ("mean", "min", "max", "count", "sum", "first", "last", "stddev")},
-    # exact_mean: the average of the two values around the quantile, as numpy's "midpoint" would; the
-    # default (estimate_tdigest) is an estimate that depends on the order the values arrive in.
+    # exact_mean: the average of the two values nearest the quantile (Flux's docs), exact; the default
+    # (estimate_tdigest) is an estimate that depends on the order the values arrive in.
     "p50": _QUANTILE.format(q="0.5"),
     "p90": _QUANTILE.format(q="0.9"),
     "p95": _QUANTILE.format(q="0.95"),
