@@ -1,7 +1,8 @@
 # tsbatch: `make demo` and `make test` work on a fresh Debian/Ubuntu machine (see README.md).
 #
 #   make setup   redis-server, victoria-metrics, iproute2 and nftables (apt-get, only if missing; ip and
-#                nft build the network partition of tests/test_partition.py), .venv with the project
+#                nft build the network partition of tests/test_partition.py), nodejs and npm (the Flux
+#                parser of tests/test_flux.py, which runs `npm ci` in tests/flux), .venv with the project
 #   make demo    1,000,000 points through the whole pipeline and read back (DEMO_ARGS=--keep to keep it)
 #   make test    the test suite, on its own redis-server and VictoriaMetrics instances
 #   make bench   docs/BENCHMARKS.md's measurements (scripts/bench.py; BENCH_ARGS=--quick for a smoke run)
@@ -30,6 +31,8 @@ system-packages:
 	PATH="$$PATH:/usr/sbin:/sbin"; \
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing with apt-get"; \
 		$(SUDO) apt-get update && \

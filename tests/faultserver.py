@@ -1,4 +1,4 @@
-"""Fault-injecting InfluxDB v2 write-API server for tests.
+"""Fault-injecting InfluxDB v2 write-API server for tests, which also answers queries with recorded bodies.
 
 Tests cannot run a real InfluxDB 2 here. They write to a real VictoriaMetrics, which accepts the
 InfluxDB v2 line-protocol write API, and put this server in front of it when they need failures that no
@@ -26,6 +26,11 @@ InfluxDB endpoints
     204, with InfluxDB's ``X-Influxdb-Version``/``X-Influxdb-Build`` headers.
 ``GET /health``
     200 ``{"name": "influxdb", "message": "ready for queries and writes", "status": "pass", ...}``.
+``POST /api/v2/query?org=``
+    Recorded (see ``/__control/queries``) and answered with the next of the answers the test gave
+    (``PUT /__control/query_answers``): its bytes as they are, e.g. a recorded annotated-CSV body, an
+    error table after data rows with status 200 included. Nothing is executed: no Flux runs here. Token
+    check as for writes (401); a body that is not gzip when ``Content-Encoding: gzip`` says so is a 400.
 
 Errors have InfluxDB 2's body, ``{"code": "<code>", "message": "<message>"}``, with
 ``Content-Type: application/json; charset=utf-8`` and ``X-Platform-Error-Code: <code>``; the code
@@ -58,6 +63,16 @@ Control API (JSON)
 ``PUT /__control/token``
     Body ``{"token": "T"}``: from now on only ``Authorization: Token T`` is accepted (a rotation on the
     server's side); ``{"token": null}`` accepts any. Answers ``{"token_required": true|false}``.
+``PUT /__control/query_answers``
+    Body: a list of answers ``{"body": "...", "status": 200, "content_type": "text/csv; charset=utf-8"}``
+    (only ``body`` is required). Each query takes the next one; the last one answers every query after
+    it. No answers: 200 with an empty body. Answers ``{"answers": n}``.
+``GET /__control/queries``
+    Every query request so far, oldest first: ``id``, ``arrival_monotonic``, ``method``, ``path``,
+    ``query`` (``org``, ``orgID``), ``headers`` (``Authorization`` redacted), ``body`` (text, after
+    decompression: the JSON that the client sent) and ``status``.
+``DELETE /__control/queries``
+    Clears that record.
 ``GET /__control/stats``
     ``{"total", "in_flight", "by_status": {"204": n, ...}, "by_outcome": {...}, "by_rule": {"0": n},
     "lines_received", "lines_forwarded"}``, computed from the record.
@@ -164,6 +179,9 @@ DEFAULT_MESSAGES: Final[Mapping[int, str]] = {
 }
 MAX_NAMED_LINES: Final = 100
 """A partial-write message names at most this many dropped lines."""
+QUERY_ANSWER_KEYS: Final = frozenset({"body", "status", "content_type"})
+CSV_CONTENT_TYPE: Final = "text/csv; charset=utf-8"
+"""What InfluxDB 2 answers a query with."""
 RULE_KEYS: Final = frozenset(
     {"status", "retry_after", "probability", "count", "body", "delay_s", "mode", "reject_matching", "forward"}
 )
@@ -337,6 +355,40 @@ class RequestRecord:
         return data
 
 
+@dataclasses.dataclass
+class QueryRecord:
+    """What the server saw of one ``/api/v2/query`` request and what it answered."""
+
+    id: int
+    arrival_monotonic: float
+    method: str
+    path: str
+    query: dict[str, str | None]
+    headers: dict[str, str]
+    body: str = ""
+    status: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryAnswer:
+    """A recorded answer to a query, served byte for byte."""
+
+    body: str
+    status: int = 200
+    content_type: str = CSV_CONTENT_TYPE
+
+    @classmethod
+    def from_json(cls, raw: object) -> QueryAnswer:
+        if not isinstance(raw, dict) or not isinstance(raw.get("body"), str):
+            raise ValueError(f'an answer must be an object with a string "body", got {raw!r}')
+        unknown = set(raw) - QUERY_ANSWER_KEYS
+        if unknown:
+            raise ValueError(f"unknown answer key(s) {sorted(unknown)}; allowed: {sorted(QUERY_ANSWER_KEYS)}")
+        status = _opt_int(raw, "status", 100, 599)
+        content_type = _opt_str(raw, "content_type")
+        return cls(raw["body"], status or 200, content_type or CSV_CONTENT_TYPE)
+
+
 def _redacted_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {
         name: "<redacted>" if name.lower() in ("authorization", "proxy-authorization") else value
@@ -449,6 +501,8 @@ class FaultState:
         self.seed = seed
         self.rng = random.Random(seed)
         self.records: list[RequestRecord] = []
+        self.queries: list[QueryRecord] = []
+        self.query_answers: list[QueryAnswer] = []
         self.next_id = 1
         self.shutdown = asyncio.Event()
         self._session: ClientSession | None = None
@@ -547,6 +601,7 @@ class FaultApp:
         app.router.add_post("/api/v2/write", self.handle_write)
         app.router.add_get("/ping", self.handle_ping)
         app.router.add_get("/health", self.handle_health)
+        app.router.add_post("/api/v2/query", self.handle_query)
         app.router.add_post("/__control/faults", self.post_faults)
         app.router.add_get("/__control/faults", self.get_faults)
         app.router.add_delete("/__control/faults", self.delete_faults)
@@ -554,6 +609,9 @@ class FaultApp:
         app.router.add_delete("/__control/requests", self.delete_requests)
         app.router.add_get("/__control/stats", self.get_stats)
         app.router.add_put("/__control/token", self.put_token)
+        app.router.add_put("/__control/query_answers", self.put_query_answers)
+        app.router.add_get("/__control/queries", self.get_queries)
+        app.router.add_delete("/__control/queries", self.delete_queries)
         return app
 
     # -- InfluxDB endpoints ----------------------------------------------------------------------
@@ -571,6 +629,41 @@ class FaultApp:
             "commit": "faultserver",
         }
         return web.json_response(body, headers=INFLUX_HEADERS)
+
+    async def handle_query(self, request: web.Request) -> web.Response:
+        state = self.state
+        record = QueryRecord(
+            id=state.next_id,
+            arrival_monotonic=time.monotonic(),
+            method=request.method,
+            path=request.path,
+            query={key: request.query.get(key) for key in ("org", "orgID")},
+            headers=_redacted_headers(request.headers),
+        )
+        state.next_id += 1
+        state.queries.append(record)
+        response = await self._answer_query(request, record)
+        record.status = response.status
+        return response
+
+    async def _answer_query(self, request: web.Request, record: QueryRecord) -> web.Response:
+        try:
+            payload = _decode_body(await request.read(), request.headers.get("Content-Encoding", ""))
+        except BadBody as exc:
+            return influx_error(400, str(exc))
+        record.body = payload.decode("utf-8", errors="replace")
+        if not self._authorized(request):
+            return influx_error(401, DEFAULT_MESSAGES[401])
+        answers = self.state.query_answers
+        if not answers:
+            return web.Response(status=200, headers={**INFLUX_HEADERS, "Content-Type": CSV_CONTENT_TYPE})
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        headers = {**INFLUX_HEADERS, "Content-Type": answer.content_type}
+        return web.Response(status=answer.status, body=answer.body.encode(), headers=headers)
+
+    def _authorized(self, request: web.Request) -> bool:
+        token = self.state.token
+        return token is None or request.headers.get("Authorization", "").strip() == f"Token {token}"
 
     async def handle_write(self, request: web.Request) -> web.StreamResponse:
         state = self.state
@@ -607,10 +700,8 @@ class FaultApp:
 
     async def _write(self, write: _Write) -> web.StreamResponse:
         record = write.record
-        if self.state.token is not None:
-            expected = f"Token {self.state.token}"
-            if write.request.headers.get("Authorization", "").strip() != expected:
-                return self._finish(record, influx_error(401, DEFAULT_MESSAGES[401]), "unauthorized")
+        if not self._authorized(write.request):
+            return self._finish(record, influx_error(401, DEFAULT_MESSAGES[401]), "unauthorized")
         invalid = self._validate(write)
         if invalid is not None:
             return self._finish(record, invalid, "invalid")
@@ -751,6 +842,24 @@ class FaultApp:
             return web.json_response({"error": "'token' must be a non-empty string or null"}, status=400)
         self.state.token = token
         return web.json_response({"token_required": token is not None})
+
+    async def put_query_answers(self, request: web.Request) -> web.Response:
+        try:
+            payload = await request.json()
+            if not isinstance(payload, list):
+                raise ValueError("expected a list of answers")
+            answers = [QueryAnswer.from_json(raw) for raw in payload]
+        except (ValueError, json.JSONDecodeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        self.state.query_answers = answers
+        return web.json_response({"answers": len(answers)})
+
+    async def get_queries(self, _request: web.Request) -> web.Response:
+        return web.json_response([dataclasses.asdict(record) for record in self.state.queries])
+
+    async def delete_queries(self, _request: web.Request) -> web.Response:
+        self.state.queries = []
+        return web.json_response({"cleared": True})
 
 
 async def serve(host: str, port: int, upstream: str, *, token: str | None, seed: int | None) -> None:
@@ -919,6 +1028,18 @@ class FaultServer:
     def set_token(self, token: str | None) -> None:
         """Accept only ``Authorization: Token <token>`` from now on (``None``: any)."""
         self._call("PUT", "/__control/token", {"token": token})
+
+    def set_query_answers(self, answers: Sequence[Mapping[str, Any]]) -> None:
+        """Answer the next queries with these (``{"body": ..., "status": 200, "content_type": ...}``)."""
+        self._call("PUT", "/__control/query_answers", [dict(answer) for answer in answers])
+
+    def queries(self) -> list[dict[str, Any]]:
+        """Every ``/api/v2/query`` request so far, oldest first; ``body`` is what the client sent."""
+        result: list[dict[str, Any]] = self._call("GET", "/__control/queries")
+        return result
+
+    def clear_queries(self) -> None:
+        self._call("DELETE", "/__control/queries")
 
     # -- lifecycle -------------------------------------------------------------------------------
 

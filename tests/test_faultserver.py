@@ -528,3 +528,74 @@ def test_stops_cleanly_while_a_request_hangs(_victoria_metrics: VictoriaMetrics)
         assert isinstance(errors[0], ConnectionError | http.client.HTTPException)
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Queries: recorded, answered with the test's bytes
+# --------------------------------------------------------------------------------------------------
+
+ANSWERS = Path(__file__).parent / "flux" / "answers"
+
+
+def query(url: str, body: bytes, headers: Mapping[str, str] | None = None) -> Reply:
+    """POST to ``/api/v2/query?org=org`` as influxdb-client does (JSON), with http.client."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    try:
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        connection.request("POST", "/api/v2/query?org=org", body=body, headers=all_headers)
+        response = connection.getresponse()
+        return Reply(response.status, dict(response.getheaders()), response.read())
+    finally:
+        connection.close()
+
+
+def test_a_query_gets_the_recorded_answers_byte_for_byte_in_order(fault_server: FaultServer) -> None:
+    window = (ANSWERS / "window.csv").read_bytes()
+    broken = (ANSWERS / "error_after_data.csv").read_bytes()
+    assert broken.startswith(window.rstrip(b"\r\n")) and b",error,reference" in broken
+    fault_server.set_query_answers(
+        [{"body": broken.decode()}, {"body": window.decode()}, {"body": '{"code":"x"}', "status": 503}]
+    )
+    body = json.dumps({"query": 'from(bucket: "b")', "type": "flux"}).encode()
+
+    first, second, third, fourth = (query(fault_server.url, body) for _ in range(4))
+
+    # The error table comes after data rows, with status 200, as InfluxDB streams it.
+    assert (first.status, first.body) == (200, broken)
+    assert first.headers["Content-Type"] == "text/csv; charset=utf-8"
+    assert (second.status, second.body) == (200, window)
+    assert (third.status, fourth.status, fourth.body) == (503, 503, b'{"code":"x"}')
+    records = fault_server.queries()
+    assert [r["id"] for r in records] == [1, 2, 3, 4]
+    assert records[0]["path"] == "/api/v2/query"
+    assert records[0]["query"] == {"org": "org", "orgID": None}
+    assert [json.loads(r["body"]) for r in records] == [json.loads(body)] * 4
+    assert [r["status"] for r in records] == [200, 200, 503, 503]
+    assert fault_server.requests() == []  # the write record stays writes only
+    fault_server.clear_queries()
+    assert fault_server.queries() == []
+
+
+def test_a_query_without_answers_is_empty_and_gzip_bodies_are_recorded_decompressed(
+    fault_server: FaultServer,
+) -> None:
+    body = json.dumps({"query": "x = 1", "type": "flux"}).encode()
+    reply = query(fault_server.url, gzip.compress(body), headers={"Content-Encoding": "gzip"})
+    assert (reply.status, reply.body) == (200, b"")
+    assert fault_server.queries()[0]["body"] == body.decode()
+    with pytest.raises(RuntimeError, match="HTTP 400"):
+        fault_server.set_query_answers([{"status": 200}])
+
+
+def test_a_query_with_a_wrong_token_is_refused(_victoria_metrics: VictoriaMetrics) -> None:
+    server = FaultServer.start(_victoria_metrics.url, token="s3cret")
+    try:
+        server.set_query_answers([{"body": "ok"}])
+        assert query(server.url, b"{}").status == 401
+        assert query(server.url, b"{}", headers={"Authorization": "Token s3cret"}).body == b"ok"
+        records = server.queries()
+        assert [r["status"] for r in records] == [401, 200]
+        assert "s3cret" not in json.dumps(records)
+    finally:
+        _assert_clean_exit(server)

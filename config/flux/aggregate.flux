@@ -1,0 +1,3 @@
+$name = data
+    |> aggregateWindow(every: $every, fn: $fn, createEmpty: false, timeSrc: "_start")
+    |> map(fn: (r) => ({r with _field: r._field + $suffix}))

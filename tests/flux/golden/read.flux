@@ -1,0 +1,6 @@
+// tsbatch read: the raw points of one window [start, stop)
+from(bucket: "telemetry")
+    |> range(start: 2026-01-01T00:00:00Z, stop: 2026-01-01T00:05:00Z)
+    |> filter(fn: (r) => r._measurement == "cpu")
+    |> filter(fn: (r) => r._field == "usage" or r._field == "temp")
+    |> filter(fn: (r) => r["host"] == "edge-1" and r["region"] == "eu")
