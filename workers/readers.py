@@ -53,7 +53,7 @@ class ReadRefused(PermanentWriteError):
     """The source refused the read (401/403/404, a bad query): retrying cannot help."""
 
 
-def _http_error(route: str, status: int, text: str) -> Exception:
+def http_error(route: str, status: int, text: str) -> Exception:
     message = f"route {route}: read answered HTTP {status}: {text[:300]}"
     if status in (401, 403, 404, 400, 422):
         return ReadRefused(message, status=status)
@@ -92,7 +92,7 @@ async def read_victoria(
     try:
         async with session.get(f"{route.url}/api/v1/export", params=params, timeout=timeout) as resp:
             if resp.status != 200:
-                raise _http_error(route_name, resp.status, await resp.text())
+                raise http_error(route_name, resp.status, await resp.text())
             async for line in _lines(resp):
                 row = json.loads(line)
                 metric: dict[str, str] = row["metric"]
