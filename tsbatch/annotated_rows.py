@@ -62,23 +62,34 @@ def rfc3339_ns(text: str) -> int:
     return secs * 1_000_000_000 + (int(m[7].ljust(9, "0")) if m[7] else 0)
 
 
+def _loose(text: str) -> bool:
+    """Text that int() and float() read but Flux's decoder refuses: 1_000, surrounding spaces."""
+    return "_" in text or text[0].isspace() or text[-1].isspace()
+
+
 def _long(text: str) -> int:
-    if "_" in text:  # int() reads 1_000; Flux never writes it
-        raise ValueError(f"{text[:40]!r} is not an integer")
-    return int(text)
+    try:
+        if not _loose(text):
+            return int(text)
+    except ValueError:
+        pass
+    raise ValueError(f"{text[:40]!r} is not an integer")
 
 
 def _unsigned(text: str) -> int:
     value = _long(text)
     if value < 0:
-        raise ValueError(f"{text!r} is negative")
+        raise ValueError(f"{text[:40]!r} is negative")
     return value
 
 
 def _double(text: str) -> float:
-    if "_" in text:
-        raise ValueError(f"{text[:40]!r} is not a number")
-    return float(text)  # also Flux's +Inf, -Inf and NaN
+    try:
+        if not _loose(text):
+            return float(text)  # also Flux's +Inf, -Inf and NaN
+    except ValueError:
+        pass
+    raise ValueError(f"{text[:40]!r} is not a number")
 
 
 def _boolean(text: str) -> bool:
