@@ -3,7 +3,9 @@ and reads InfluxDB's own exports; malformed input is refused with its line numbe
 
 from __future__ import annotations
 
+import hashlib
 import math
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -13,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from producers import planner
 from tsbatch.annotated_csv import (
     AnnotatedCsvError,
     AnnotatedCsvParser,
@@ -366,3 +369,65 @@ def test_a_record_longer_than_the_limit_stops_the_parse() -> None:
     parser.feed(b"#datatype,string,string\n,result,s\n")
     with pytest.raises(AnnotatedCsvError, match="longer than 64 bytes"):
         parser.feed(b',,"' + b"x" * 100)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The producer's chunks: each one, parsed alone with its table context, gives the rows of its range.
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tables=st.lists(blocks(), min_size=1, max_size=4),
+    eol=st.sampled_from(["\r\n", "\n"]),
+    always_quote=st.booleans(),
+    chunk_lines=st.integers(1, 12),
+    block=st.sampled_from([1, 7, 64, 4096]),
+    final_eol=st.booleans(),
+)
+def test_chunks_parsed_alone_with_their_context_give_the_rows_of_the_whole_file(
+    tables: list[Block], eol: str, always_quote: bool, chunk_lines: int, block: int, final_eol: bool
+) -> None:
+    data = write(tables, eol=eol, always_quote=always_quote)
+    if not final_eol:
+        data = data.removesuffix(eol.encode())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "export.csv"
+        path.write_bytes(data)
+        with path.open("rb") as f:
+            chunks = list(
+                planner.scan_annotated(
+                    f.fileno(), chunk_lines=chunk_lines, max_record_bytes=1 << 20, block_bytes=block
+                )
+            )
+
+    rows, pos, line = [], 0, 1
+    for ch in chunks:
+        piece = data[ch.start : ch.end]
+        assert (ch.start, ch.first_line) == (pos, line)
+        assert hashlib.sha256(piece).hexdigest() == ch.sha256
+        parser = AnnotatedCsvParser(first_line=ch.first_line, context=ch.context)
+        rows += parser.feed(piece) + parser.close()
+        pos, line = ch.end, line + ch.line_count
+    assert pos == len(data)
+    whole = feed_in_pieces(data, [])
+    assert [(r.line, r.values) for r in rows] == [(r.line, r.values) for r in whole]
+    assert seen(rows) == expected(tables)
+
+
+@samples
+@pytest.mark.parametrize("block", [256, 1 << 20])
+def test_an_influx_export_is_cut_into_chunks_that_parse_alone(block: int) -> None:
+    path = SAMPLES / "air-sensor-annotated-multi.csv"
+    with path.open("rb") as f:
+        chunks = list(
+            planner.scan_annotated(f.fileno(), chunk_lines=50, max_record_bytes=1 << 20, block_bytes=block)
+        )
+
+    rows = []
+    for ch in chunks:
+        parser = AnnotatedCsvParser(first_line=ch.first_line, context=ch.context)
+        rows += parser.feed(path.read_bytes()[ch.start : ch.end]) + parser.close()
+
+    assert [c.line_count for c in chunks] == [50] * 8 + [4]
+    assert all(c.context.startswith("#group,") for c in chunks[1:])
+    assert [r.line for r in rows] == list(range(5, 405)) and rows[-1].table.table_id == 8
