@@ -23,7 +23,7 @@ from kombu.exceptions import OperationalError
 from config import Settings
 from config.constants import PLANNING_STALE_S, SCHEMA_VERSION
 from producers import planner
-from tsbatch.descriptor import ChunkDescriptor, Format, Mapping, Precision
+from tsbatch.descriptor import MAPPED, ChunkDescriptor, Format, Mapping, Precision
 from tsbatch.envelope import TASK_NAME, create_app
 from tsbatch.errors import SourceError
 from tsbatch.ledger import DeadLetter, JobStatus, now_ms, open_ledger, unreachable
@@ -92,8 +92,10 @@ class Producer:
         ``rejected_files`` and dead-lettered; the other files go on.
         """
         self.settings.route(route)  # an unknown route is the user's mistake: stop before any work
-        if format != "lp" and mapping is None:
+        if format in MAPPED and mapping is None:
             raise ValueError(f"format {format} needs a mapping (measurement, fields, time column)")
+        if format not in MAPPED and mapping is not None:
+            raise ValueError(f"format {format} takes no mapping")
         sub = Submission(job_id or new_job_id())
         self.connect_broker()
         self.ledger.create_job(sub.job_id, route=route, paths=[str(p) for p in paths])
@@ -171,9 +173,19 @@ class Producer:
             mapping = _with_columns(mapping, columns, resolved)
             first_line = 2
         p = self.settings.producer
-        for rng in planner.scan(
-            src.fd, chunk_lines=p.chunk_lines, offset=offset, first_line=first_line, taper=p.taper
-        ):
+        if format == "annotated-csv":
+            ranges = planner.scan_annotated(
+                src.fd,
+                chunk_lines=p.chunk_lines,
+                max_record_bytes=self.settings.worker.max_line_bytes,
+                path=resolved,
+                taper=p.taper,
+            )
+        else:
+            ranges = planner.scan(
+                src.fd, chunk_lines=p.chunk_lines, offset=offset, first_line=first_line, taper=p.taper
+            )
+        for rng in ranges:
             if rng.end - rng.start > p.max_chunk_bytes:
                 raise SourceError(
                     f"{resolved}:{rng.first_line}: {rng.line_count} lines make a chunk of "
@@ -196,6 +208,7 @@ class Producer:
                 mapping=mapping,
                 route=route,
                 precision=precision,
+                table_context=rng.context,
             ).with_key()
         if planner.identity(src.fd) != ident:
             raise SourceError(f"{resolved}: file changed while it was being planned", reason="source_changed")

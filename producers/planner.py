@@ -6,10 +6,12 @@ import csv
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from config.constants import READ_BLOCK_BYTES
+from tsbatch.annotated_csv import TableContext
 from tsbatch.errors import SourceError
 from tsbatch.newlines import nth_newline
 
@@ -30,6 +32,7 @@ class ChunkRange:
     first_line: int  # 1-based
     line_count: int
     sha256: str
+    context: str = ""  # annotated CSV: the table context in effect at ``start``
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,3 +142,146 @@ def scan(
     if pos > start:
         unterminated = 0 if last == b"\n" else 1
         yield ChunkRange(start, pos, line_no, lines + unterminated, digest.hexdigest())
+
+
+@dataclass(slots=True)
+class _AnnotatedCut:
+    """``scan_annotated``'s state: the chunk being built and the record being read."""
+
+    path: str
+    max_record_bytes: int
+    sizes: _Sizes
+    target: int
+    start: int = 0
+    line_no: int = 1  # the chunk's first line
+    lines: int = 0
+    digest: Any = field(default_factory=hashlib.sha256)
+    chunk_context: str = ""
+    context: TableContext = field(default_factory=TableContext)
+    odd: bool = False  # inside a quoted field
+    special: list[bytes] | None = None  # the lines of an annotation row or header being read
+    record_start: int = 0
+
+    def chunk(self, end: int) -> ChunkRange:
+        done = ChunkRange(
+            self.start, end, self.line_no, self.lines, self.digest.hexdigest(), self.chunk_context
+        )
+        self.start, self.line_no, self.lines, self.digest = (
+            end,
+            self.line_no + self.lines,
+            0,
+            hashlib.sha256(),
+        )
+        self.chunk_context = self.context.text
+        self.target = self.sizes.next(end)
+        return done
+
+    def plain(self, region: bytes) -> bool:
+        """Whether every line of ``region`` is a whole data row: no quote, annotation or empty line."""
+        return (
+            not self.odd
+            and self.context.header_seen
+            and region.endswith(b"\n")
+            and b'"' not in region
+            and not region.startswith((b"#", b"\n", b"\r\n"))
+            and b"\n#" not in region
+            and b"\n\n" not in region
+            and b"\n\r\n" not in region
+        )
+
+    def fast(self, region: bytes, base: int) -> Iterator[ChunkRange]:
+        view, i = memoryview(region), 0
+        while i < len(region):
+            need = self.target - self.lines
+            have = region.count(b"\n", i)
+            if have < need:
+                self.digest.update(view[i:])
+                self.lines += have
+                return
+            cut = nth_newline(region, i, need) + 1
+            self.digest.update(view[i:cut])
+            self.lines += need
+            yield self.chunk(base + cut)
+            i = cut
+
+    def slow(self, region: bytes, base: int) -> Iterator[ChunkRange]:
+        view, i, offset = memoryview(region), 0, 0
+        pieces = region.split(b"\n")
+        if region.endswith(b"\n"):
+            pieces.pop()
+        for raw in pieces:
+            end = min(offset + len(raw) + 1, len(region))
+            self.lines += 1
+            if not self.odd:
+                self.record_start = base + offset
+                if not self.context.header_seen or raw[:1] == b"#" or raw in (b"", b"\r"):
+                    self.special = []
+            if self.special is not None:
+                self.special.append(raw)
+            self.odd ^= raw.count(b'"') % 2 == 1
+            offset = end
+            if self.odd:
+                if base + end - self.record_start > self.max_record_bytes:
+                    raise SourceError(
+                        f"{self.path}:{self.line_no + self.lines - 1}: a record longer than "
+                        f"{self.max_record_bytes} bytes (a quoted field that never closes?)",
+                        reason="bad_record",
+                    )
+                continue
+            if self.special is not None:
+                self._see(b"\n".join(self.special).removesuffix(b"\r"))
+            if self.lines >= self.target:
+                self.digest.update(view[i:end])
+                yield self.chunk(base + end)
+                i = end
+        self.digest.update(view[i:])
+
+    def _see(self, record: bytes) -> None:
+        self.special = None
+        try:
+            self.context.see(record.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise SourceError(
+                f"{self.path}:{self.line_no + self.lines - 1}: annotation or header is not UTF-8",
+                reason="bad_header",
+            ) from None
+
+
+def scan_annotated(
+    fd: int,
+    *,
+    chunk_lines: int,
+    max_record_bytes: int,
+    path: str | Path = "",
+    block_bytes: int = READ_BLOCK_BYTES,
+    taper: bool = False,
+) -> Iterator[ChunkRange]:
+    """Chunks of annotated CSV, each carrying the table context in effect at its start, cut only
+    where a record ends (never inside a quoted field) after ``chunk_lines`` lines or more.
+
+    Blocks of plain data rows are cut as ``scan`` cuts, at memory speed; a block holding quotes,
+    annotations or empty lines is followed line by line, as ``tsbatch.annotated_csv`` reads it."""
+    size = os.fstat(fd).st_size
+    sizes = _Sizes(chunk_lines, taper, file_start=0, file_end=size)
+    cut = _AnnotatedCut(str(path), max_record_bytes, sizes, chunk_lines)
+    pos, carry = 0, b""
+    while True:
+        block = os.pread(fd, block_bytes, pos + len(carry))
+        if block and not sizes.bytes_per_line:
+            sizes.learn(block)
+            cut.target = sizes.next(0)
+        data = carry + block
+        end = data.rfind(b"\n") + 1 if block else len(data)
+        region, carry = data[:end], data[end:]
+        if len(carry) > max(max_record_bytes, block_bytes):
+            raise SourceError(
+                f"{path}:{cut.line_no + cut.lines}: a line longer than {max_record_bytes} bytes",
+                reason="bad_record",
+            )
+        if region:
+            yield from (cut.fast if cut.plain(region) else cut.slow)(region, pos)
+        pos += end
+        if not block:
+            break
+    if pos > cut.start:
+        yield cut.chunk(pos)

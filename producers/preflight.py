@@ -10,6 +10,7 @@ The checks are pure functions over the first bytes of a file; ``check_file`` onl
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from producers.planner import expand
+from tsbatch.annotated_csv import AnnotatedCsvParser
 from tsbatch.descriptor import PRECISIONS, Format, Mapping, Precision
 from tsbatch.errors import SourceError
 from tsbatch.sources import open_source
@@ -83,6 +85,19 @@ def record_times(lines: Sequence[str], *, format: Format, time_column: str) -> l
         if isinstance(record, dict) and time_column in record:
             values.append(record[time_column])
     return values
+
+
+def annotated_times(data: bytes, *, complete: bool, limit: int = SAMPLE_LINES) -> list[str]:
+    """The ``_time`` text of the first rows of annotated CSV (rows that do not parse are skipped)."""
+    parser = AnnotatedCsvParser(on_error=lambda _: None)
+    rows = parser.feed(data if complete else data[: data.rfind(b"\n") + 1])
+    if complete:
+        rows += parser.close()
+    out = []
+    for row in rows[:limit]:
+        with contextlib.suppress(KeyError):
+            out.append(row.text("_time"))
+    return out
 
 
 def epoch_integers(values: Iterable[object]) -> list[int]:
@@ -152,6 +167,8 @@ def check(
     complete: bool = True,
 ) -> str | None:
     """The warning for a file starting with ``data`` (without its name), or None."""
+    if format == "annotated-csv":
+        return fraction_warning(annotated_times(data, complete=complete), precision)
     header = 1 if format == "csv" else 0
     lines = sample_lines(data, complete=complete, limit=SAMPLE_LINES + header)
     if format == "lp":

@@ -165,6 +165,15 @@ def _field_specs(text: str | None) -> tuple[FieldSpec, ...]:
 
 
 def _mapping(fmt: str, opts: dict[str, Any]) -> Mapping | None:
+    if fmt == "annotated-csv":
+        given = [o for o in ("measurement", "measurement_column", "tag_columns", "field_columns") if opts[o]]
+        if given:
+            flags = ", ".join("--" + o.replace("_", "-") for o in given)
+            raise click.UsageError(
+                f"--format annotated-csv takes no {flags}: _measurement, _field, _value, _time and the "
+                "tag columns say what each value is"
+            )
+        return None
     if fmt == "lp":
         return None
     fields = _field_specs(opts["field_columns"])
@@ -187,7 +196,15 @@ def _mapping(fmt: str, opts: dict[str, Any]) -> Mapping | None:
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--route", required=True, help="Route name from the settings ([routes.NAME]).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="lp", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="lp",
+    show_default=True,
+    help="annotated-csv: an InfluxDB export (influx query --raw); its columns name measurement, field, "
+    "value, time and tags, so it takes no mapping options.",
+)
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),

@@ -20,12 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from config.constants import SCHEMA_VERSION
 
-Format = Literal["lp", "csv", "jsonl"]
+Format = Literal["lp", "csv", "jsonl", "annotated-csv"]
 Precision = Literal["ns", "us", "ms", "s"]
 FieldKind = Literal["float", "int", "uint", "string", "bool"]
 TimeFormat = Literal["rfc3339", "epoch"]
 
-FORMATS: tuple[Format, ...] = ("lp", "csv", "jsonl")
+FORMATS: tuple[Format, ...] = ("lp", "csv", "jsonl", "annotated-csv")
+MAPPED: tuple[Format, ...] = ("csv", "jsonl")  # the formats that need a Mapping
 PRECISIONS: tuple[Precision, ...] = ("ns", "us", "ms", "s")
 FIELD_KINDS: tuple[FieldKind, ...] = ("float", "int", "uint", "string", "bool")
 
@@ -97,19 +98,31 @@ class ChunkDescriptor(_Frozen):
     mapping: Mapping | None = None
     route: str = Field(min_length=1)
     precision: Precision = "ns"
+    # annotated-csv only: the annotation rows and header in effect at ``start`` (one record a line),
+    # read by the producer so that every chunk can be parsed on its own, as CSV's ``columns``.
+    table_context: str = ""
     key: str = ""
 
     @model_validator(mode="after")
     def _consistent(self) -> ChunkDescriptor:
         if self.end < self.start:
             raise ValueError("end precedes start")
-        if self.format != "lp" and self.mapping is None:
+        if self.format in MAPPED and self.mapping is None:
             raise ValueError(f"format {self.format} needs a mapping")
+        if self.format == "annotated-csv" and self.mapping is not None:
+            raise ValueError("format annotated-csv takes no mapping: its columns say what each value is")
+        if self.table_context and self.format != "annotated-csv":
+            raise ValueError(f"format {self.format} takes no table_context")
         return self
+
+    def _body(self) -> dict[str, Any]:
+        # An empty table_context is left out, so that every other format's descriptors (and so their
+        # idempotency keys, and what workers of before annotated-csv accept) stay as they were.
+        return self.model_dump(mode="json", exclude=None if self.table_context else {"table_context"})
 
     def content_key(self) -> str:
         """The idempotency key derived from the descriptor's content (everything but job and key)."""
-        body = self.model_dump(mode="json", exclude={"job_id", "key"})
+        body = {k: v for k, v in self._body().items() if k not in ("job_id", "key")}
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -117,7 +130,7 @@ class ChunkDescriptor(_Frozen):
         return self.model_copy(update={"key": self.content_key()})
 
     def to_message(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return self._body()
 
 
 def parse_descriptor(message: object) -> ChunkDescriptor:

@@ -2,6 +2,7 @@
 
     TsbatchError
     ├── SourceError            the data a descriptor names cannot be used (outside the roots, changed)
+    │   └── FluxQueryError         InfluxDB's annotated CSV holds an error table: the query failed
     ├── WriteError             a write to a route failed
     │   ├── TransientWriteError    worth retrying: 429, 503, other 5xx, timeouts, connection errors
     │   │   └── TokenUnavailable       the route's token_file is missing, unreadable or empty (mid-rotation)
@@ -10,8 +11,9 @@
     ├── LeaseLost              this worker's claim on a chunk was taken over; stop without committing
     └── RedisUnreachable       a command-line tool cannot reach Redis (workers ride restarts out instead)
 
-``config.ConfigError`` (settings) and ``tsbatch.descriptor.DescriptorError`` (bad descriptors) live with
-the code that raises them.
+``config.ConfigError`` (settings), ``tsbatch.descriptor.DescriptorError`` (bad descriptors) and
+``tsbatch.annotated_csv.AnnotatedCsvError`` (malformed annotated CSV, a ``ValueError``) live with the
+code that raises them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,26 @@ class SourceError(TsbatchError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class FluxQueryError(SourceError):
+    """Flux reported a failed query inside the response: an annotated-CSV table whose header is
+    ``,error,reference``, sent with HTTP 200, possibly after data rows.
+
+    A ``SourceError`` (reason ``flux_error``), not a ``TransientWriteError``: the same query over the
+    same data fails the same way (a syntax or type error, a missing bucket, a memory limit the query
+    hits every time), so retrying it forever would only hold the window and its watermark hostage. The
+    unit is dead-lettered at once with the server's message and never committed on a partial result;
+    ``tsbatch dlq replay`` runs it again once the cause is fixed. ``line`` and ``raw`` say where it was.
+    """
+
+    def __init__(self, message: str, reference: str | None = None, *, line: int = 0, raw: str = "") -> None:
+        ref = f" (reference {reference})" if reference else ""
+        super().__init__(f"flux query failed: {message}{ref}", reason="flux_error")
+        self.message = message
+        self.reference = reference
+        self.line = line
+        self.raw = raw
 
 
 class WriteError(TsbatchError):

@@ -1,4 +1,5 @@
-"""Map CSV and JSON Lines records to line protocol, following a descriptor's ``Mapping``."""
+"""Map CSV and JSON Lines records to line protocol, following a descriptor's ``Mapping``, and annotated-CSV
+rows, which say themselves what each value is."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import date
 from itertools import repeat
 from typing import Final, TypeVar
 
+from tsbatch.annotated_csv import Row, Schema
 from tsbatch.descriptor import FieldKind, Mapping, Precision, writable_name
 from workers.lineprotocol import (
     convert_field,
@@ -326,3 +328,60 @@ def _column_texts(column: list[str], kind: FieldKind, convert: Callable[[str], s
         return list(map(convert, column))
     except ValueError:
         return None
+
+
+# How an annotated-CSV ``_value`` of each datatype is written: the cell's text through the same converters
+# as CSV (so ranges, NaN and infinities are refused the same way). A dateTime ``_value`` has no field type.
+_ANNOTATED_KINDS: Final[dict[str, FieldKind]] = {
+    "double": "float",
+    "long": "int",
+    "unsignedLong": "uint",
+    "boolean": "bool",
+    "string": "string",
+    "duration": "string",
+    "base64Binary": "string",
+}
+
+
+class AnnotatedRowEncoder:
+    """An annotated-CSV row (an ``influx query --raw`` export) as one line of protocol: measurement
+    ``_measurement``, one field named by ``_field`` holding ``_value`` typed by its ``#datatype``, the
+    table's tag columns, time ``_time`` floored to ``precision``; else ValueError(reason)."""
+
+    def __init__(self, precision: Precision) -> None:
+        self.divisor = NS_PER[precision]
+        self._tag_sets: dict[tuple[Schema, tuple[str, ...]], str] = {}
+
+    def encode(self, row: Row) -> str:
+        m, f = row.measurement, row.field
+        measurement = _name("measurement", m, escape_measurement(m))
+        key = _name("field key", f, escape_key(f))
+        schema = row.table.schema
+        at = schema.index.get("_value")
+        if at is None:
+            raise ValueError("no _value column")
+        kind = _ANNOTATED_KINDS.get(schema.datatypes[at])
+        if kind is None:
+            raise ValueError(f"a {schema.datatypes[at]} _value cannot be written as a field")
+        text = row.cells[at] or schema.defaults[at]
+        if not text:
+            raise ValueError("_value is empty")
+        try:
+            value = convert_field(text, kind)
+        except ValueError as e:
+            raise ValueError(f"_value: {e}") from None
+        return f"{measurement}{self._tag_set(row)} {key}={value} {row.time_ns // self.divisor}"
+
+    def _tag_set(self, row: Row) -> str:
+        schema = row.table.schema
+        tags = row.tags()
+        cache_key = (schema, tuple(tags.get(c, "") for c in schema.tag_columns))
+        text = self._tag_sets.get(cache_key)
+        if text is None:
+            text = "".join(
+                f",{_name('tag key', k, escape_key(k))}={escape_tag_value(tags[k])}" for k in sorted(tags)
+            )
+            if len(self._tag_sets) >= _TAG_SET_CACHE_LIMIT:
+                self._tag_sets.clear()
+            self._tag_sets[cache_key] = text
+        return text

@@ -12,14 +12,16 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from tsbatch.annotated_csv import AnnotatedCsvError, AnnotatedCsvParser
 from tsbatch.descriptor import ChunkDescriptor
-from tsbatch.errors import SourceError
+from tsbatch.errors import FluxQueryError, SourceError
 from tsbatch.ledger import RejectedLine
 from tsbatch.newlines import nth_newline
 from workers.lineprotocol import valid_block, validate_line
-from workers.mapping import RecordEncoder, RowEncoder
+from workers.mapping import AnnotatedRowEncoder, RecordEncoder, RowEncoder
 
 RAW_KEEP_CHARS = 65_536  # a rejected line is kept whole up to 64 KiB, enough to replay any sane line
+FEED_BYTES = 1 << 16  # annotated CSV is parsed this much at a time: rows in memory stay about a batch
 
 
 @dataclass(slots=True)
@@ -225,8 +227,55 @@ def _short_lines(block: bytes, max_line_bytes: int) -> bool:
     return len(block) <= max_line_bytes or max(map(len, block.split(b"\n"))) <= max_line_bytes
 
 
+def _rejection(problem: AnnotatedCsvError | FluxQueryError) -> RejectedLine:
+    if isinstance(problem, FluxQueryError):
+        # An export cut short by a failed query: the rows before it are loaded, the job says why.
+        reason = f"the file holds a Flux error table: {problem.message}"
+        reason += f" (reference {problem.reference})" if problem.reference else ""
+        return RejectedLine(problem.line, reason, problem.raw[:RAW_KEEP_CHARS])
+    return RejectedLine(problem.line, problem.reason, problem.raw[:RAW_KEEP_CHARS])
+
+
+def _annotated_batches(
+    data: bytes, desc: ChunkDescriptor, *, batch_lines: int, max_line_bytes: int
+) -> Iterator[Batch]:
+    """Annotated CSV, parsed ``FEED_BYTES`` at a time from the chunk's table context: each row is a
+    line of protocol or a rejected line (malformed, unmappable, too long), with its file line number."""
+    problems: list[AnnotatedCsvError | FluxQueryError] = []
+    parser = AnnotatedCsvParser(
+        first_line=desc.first_line,
+        context=desc.table_context,
+        max_record_bytes=len(data) + 1,  # the chunk is in memory already; long rows are refused below
+        on_error=problems.append,
+    )
+    encoder = AnnotatedRowEncoder(desc.precision)
+    batch = _Lines()
+    for i in range(0, len(data) + FEED_BYTES, FEED_BYTES):
+        rows = parser.feed(data[i : i + FEED_BYTES]) if i < len(data) else parser.close()
+        batch.rejected += map(_rejection, problems)
+        problems.clear()
+        for row in rows:
+            try:
+                if len(row.raw) * 4 > max_line_bytes and len(row.raw.encode()) > max_line_bytes:
+                    raise ValueError(f"line longer than {max_line_bytes} bytes")
+                batch.lines.append(encoder.encode(row))
+            except ValueError as e:
+                reason = e.reason if isinstance(e, AnnotatedCsvError) else str(e)
+                batch.rejected.append(RejectedLine(row.line, reason, row.raw[:RAW_KEEP_CHARS]))
+                continue
+            batch.numbers.append(row.line)
+            if len(batch.lines) >= batch_lines:
+                yield batch.batch()
+                batch = _Lines()
+    if batch.lines or batch.rejected:
+        yield batch.batch()
+
+
 def batches(data: bytes, desc: ChunkDescriptor, *, batch_lines: int, max_line_bytes: int) -> Iterator[Batch]:
     """Validated batches of at most ``batch_lines`` lines; rejected lines ride along in each batch."""
+    if desc.format == "annotated-csv":
+        yield from _annotated_batches(data, desc, batch_lines=batch_lines, max_line_bytes=max_line_bytes)
+        return
     try:
         encode = encoder_for(desc)
     except ValueError as e:
