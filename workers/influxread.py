@@ -43,7 +43,11 @@ async def query(rt: Runtime, route_name: str, flux: str) -> AsyncIterator[Row]:
     parser = AnnotatedCsvParser()
     try:
         async with rt.http().post(
-            f"{route.url}/api/v2/query", params={"org": route.org}, json=body, headers=headers, timeout=timeout
+            f"{route.url}/api/v2/query",
+            params={"org": route.org},
+            json=body,
+            headers=headers,
+            timeout=timeout,
         ) as resp:
             if resp.status != 200:
                 raise http_error(route_name, resp.status, await resp.text())
@@ -105,7 +109,9 @@ class ServerOutput:
         return self._digest.hexdigest()
 
 
-async def run_server_window(rt: Runtime, d: WindowDescriptor, attempt: Attempt) -> tuple[int, Any, Fingerprint]:
+async def run_server_window(
+    rt: Runtime, d: WindowDescriptor, attempt: Attempt
+) -> tuple[int, Any, Fingerprint]:
     """Fingerprint the window's raw points (for ``windows verify``), then run it inside InfluxDB."""
     defn = d.definition
     fp = Fingerprint()
