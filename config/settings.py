@@ -233,6 +233,7 @@ class JobSettings(_Section):
     start: datetime | None = None
     output_measurement: str | None = None
     recheck: Duration = 0
+    recheck_interval: Duration = 0  # how often a recent window is re-read; 0: once per window length
 
     @field_validator("every")
     @classmethod

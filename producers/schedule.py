@@ -163,7 +163,10 @@ class Windows:
         for row in list(self._rows_of(starts)):
             generation = row.generation
             if rerun and row.state == "committed":
-                generation = self.ledger.redis.hincrby(self.ledger.generation_key(self.name), str(row.start))
+                bumped = self.ledger.next_generation(self.name, row.start, row.generation)
+                if bumped is None:
+                    continue  # another verify or backfill re-ran it just now: once is enough
+                generation = bumped
                 counts["rerun"] += 1
             desc = self.descriptor(row.start, generation, job_id)
             status = self.ledger.plan(
@@ -211,6 +214,42 @@ def tick(
                 iso(report[name]["watermark"]),
             )
     return report
+
+
+async def recheck(
+    windows: Windows, now_s: float, *, fingerprint: Callable[[int, int], Awaitable[str]], publish: Publish
+) -> list[Repair]:
+    """``recheck = "6h"``: verify the committed windows that ended within that long, each at most once per
+    ``recheck_interval`` (default: the window length; a check claims the window for that long, so
+    concurrent ticks check it once)."""
+    span = windows.job.recheck
+    marks = windows.marks()
+    if not span or "watermark" not in marks:
+        return []
+    start = max(marks["first"], floor_window(int(now_s) - span, windows.every))
+    repairs: list[Repair] = []
+    for s in window_starts(start, marks["watermark"], windows.every):
+        claim = f"{windows.ledger.prefix}:wcheck:{windows.name}:{s}"
+        interval = windows.job.recheck_interval or windows.every
+        if not windows.ledger.redis.set(claim, int(now_s), nx=True, ex=interval):
+            continue
+        _, found = await verify(
+            windows,
+            s,
+            s + windows.every,
+            fingerprint=fingerprint,
+            job_id=scheduled_job_id(windows.name),
+            publish=publish,
+        )
+        repairs += found
+    for r in repairs:
+        log.warning(
+            "late data in job=%s window=%s: re-running it as generation %d",
+            windows.name,
+            iso(r.start),
+            r.generation,
+        )
+    return repairs
 
 
 @dataclass

@@ -325,3 +325,52 @@ def test_late_points_in_a_committed_window_are_found_by_verify_and_repaired(make
     assert want["usage_max"] in values["cpu_usage_max"] and want["usage_count"] in values["cpu_usage_count"]
     again = cli(stack, "windows", "verify", "cpu_10m", "--from", frm, "--to", to)
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_recheck_repairs_late_data_on_its_own_once(make_stack: Any) -> None:
+    every = 300
+    now = int(time.time())
+    first = now - now % every - 4 * every
+    stack = make_stack(routes=("hot", "warm"))
+    hot = stack.routes["hot"].url
+    raw = write_raw(hot, hosts=2, start=first, seconds=4 * every, step=30)
+    add_job(
+        stack,
+        "cpu_5m",
+        kind="downsample",
+        aggregates=["count"],
+        every="5m",
+        offset="0s",
+        start=iso(first),
+        recheck="6h",
+        recheck_interval="2s",
+    )
+    stack.settings["scheduler"] = {"tick_s": 1}
+    stack.write_config()
+    stack.start_worker(concurrency=2)
+    stack.start_beat()
+    stack.start_beat()
+    wait_for(
+        lambda: all(
+            r["state"] == "committed" for r in _window_rows(stack, "cpu_5m", first, first + 4 * every)
+        ),
+        timeout=120,
+        what="the first four windows",
+    )
+
+    late = first + every + 7
+    post_lines(hot, [f"cpu,host=h000,region=r0 usage=1,system=1 {late}"])
+    assert vm_rows_inserted(hot) == sum(len(v) for v in raw.values()) + 2
+
+    def repaired() -> list[dict[str, Any]] | None:
+        rows = _window_rows(stack, "cpu_5m", first, first + 4 * every)
+        return rows if rows[1]["generation"] == 1 and rows[1]["state"] == "committed" else None
+
+    rows = wait_for(repaired, timeout=120, what="the late window re-run by the recheck")
+    time.sleep(5)  # more ticks and rechecks (two beats): the repaired window is not re-run again
+    again = _window_rows(stack, "cpu_5m", first, first + 4 * every)
+    assert [r["generation"] for r in again] == [0, 1, 0, 0]
+    assert (
+        again[1]["points_read"] == rows[0]["points_read"] + 2
+        or again[1]["points_read"] > rows[0]["points_read"]
+    )

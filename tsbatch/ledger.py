@@ -203,7 +203,7 @@ def clip(text: str, keep_bytes: int) -> str:
     return data[:keep_bytes].decode("utf-8", "ignore")
 
 
-SCRIPTS = ("plan", "claim", "renew", "release", "commit", "deadletter", "sweep", "advance")
+SCRIPTS = ("plan", "claim", "renew", "release", "commit", "deadletter", "sweep", "advance", "generation")
 
 
 class Ledger:
@@ -265,6 +265,11 @@ class Ledger:
     def advance(self, job: str, mark: str, value: int) -> int:
         """Move a scheduled job's ``mark`` forward to ``value`` (never back); return the mark now."""
         return int(self._run("advance", [self.window_key(job)], [mark, value]))
+
+    def next_generation(self, job: str, start: int, current: int) -> int | None:
+        """A window's next generation if it is still at ``current`` (generation.lua); else None."""
+        new = int(self._run("generation", [self.generation_key(job)], [start, current]))
+        return None if new < 0 else new
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._scripts[name](keys=list(keys), args=list(args))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -26,7 +27,7 @@ from workers.celeryapp import app
 from workers.chunks import ChunkWork
 from workers.harness import Outcome, backoff_s, execute
 from workers.runtime import Runtime, get_runtime, shutdown_runtime
-from workers.windows import WindowWork
+from workers.windows import WindowWork, fingerprint_window
 
 log = logging.getLogger("tsbatch.worker")
 
@@ -83,7 +84,17 @@ def tick() -> dict[str, Any]:
     def publish(message: dict[str, Any]) -> None:
         app.send_task(TASK_NAME, args=[message], queue=queue)
 
-    return schedule.tick(rt.settings, rt.ledger, publish)
+    report = schedule.tick(rt.settings, rt.ledger, publish)
+    for name, job in rt.settings.jobs.items():
+        if job.recheck:
+            windows = schedule.Windows(rt.ledger, name, job)
+
+            async def fingerprint(start: int, end: int, w: schedule.Windows = windows) -> str:
+                return (await fingerprint_window(rt, w.defn, start, end)).hexdigest()
+
+            repairs = rt.run(schedule.recheck(windows, time.time(), fingerprint=fingerprint, publish=publish))
+            report[name]["repaired"] = len(repairs)
+    return report
 
 
 @worker_process_init.connect
