@@ -108,7 +108,6 @@ class Windows:
         pipe = self.ledger.redis.pipeline()
         for mark in ("first", "watermark", "planned_to"):
             pipe.hsetnx(key, mark, first)
-        pipe.hset(key, "def", self.defn.digest())
         pipe.execute()
         self.ledger.create_job(scheduled_job_id(self.name), route=self.defn.target, paths=[])
         self.ledger.finish_planning(scheduled_job_id(self.name))
@@ -184,8 +183,30 @@ class Windows:
             return iter(())
         return (r for r in self.rows(starts[0], starts[-1] + self.every) if r.start in set(starts))
 
+    def follow_definition(self, marks: dict[str, int]) -> dict[str, int]:
+        """A job whose definition changed (aggregates, filters, routes...) moves its watermark over the
+        windows committed under the old one, then plans the rest again under the new one: their keys
+        differ, so windows of the old definition would hold the watermark for ever. A window still running
+        under the old definition finishes as planned (its descriptor carries it); the new one overwrites."""
+        key = self.ledger.window_key(self.name)
+        stored = cast(str | None, self.ledger.redis.hget(key, "def"))
+        current = self.defn.model_dump_json()
+        if stored == current:
+            return marks
+        if stored:
+            previous = Windows(self.ledger, self.name, self.job)
+            previous.defn = Definition.model_validate_json(stored)
+            marks = {**marks, "watermark": previous.advance_watermark(marks)}
+            log.warning(
+                "job=%s: its definition changed; windows from %s on run with the new one",
+                self.name,
+                iso(marks["watermark"]),
+            )
+        self.ledger.redis.hset(key, mapping={"def": current, "planned_to": marks["watermark"]})
+        return {**marks, "planned_to": marks["watermark"]}
+
     def tick(self, now_s: float, *, max_windows: int, publish: Publish) -> dict[str, int]:
-        marks = self.ensure(now_s)
+        marks = self.follow_definition(self.ensure(now_s))
         watermark = self.advance_watermark(marks)
         due = due_end(now_s, every=self.every, offset=self.job.offset)
         start = max(marks["planned_to"], marks["first"])

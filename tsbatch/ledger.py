@@ -17,7 +17,7 @@ Keys (``P`` is the configured prefix):
 - ``P:job:<job>``    hash of a job's counters; ``P:jobs`` sorted set of job ids by creation time.
 - ``P:window:<job>`` hash of a scheduled job's marks: ``first`` (its first window), ``watermark``
   (every window before it is committed), ``planned_to`` (windows before it are planned), ``def`` (the
-  digest of the definition last seen); ``P:wgen:<job>`` hash: window start -> its current generation.
+  definition last seen, JSON); ``P:wgen:<job>`` hash: window start -> its current generation.
 - ``P:dlq``          capped stream of dead-letter entries; ``P:stats`` hash of counters.
 
 Every state change is one Lua script, so a crash between two Redis calls cannot leave half a change.
