@@ -100,7 +100,9 @@ class _Sizes:
         smallest = max(self.chunk_lines // TAPER_SMALLEST, 1)
         if remaining > TAPER_FROM_CHUNKS * self.chunk_lines or remaining < 2 * smallest:
             return self.chunk_lines  # not near the end yet, or so near that the rest is one chunk
-        return max(int(remaining / 2) + 1, smallest)
+        # Never above chunk_lines: with exactly two chunks' worth left, half of it plus one was one more
+        # (hypothesis: "\n\n\n" in chunks of 1 line gave a chunk of 2).
+        return min(max(int(remaining / 2) + 1, smallest), self.chunk_lines)
 
 
 def scan(
