@@ -59,6 +59,9 @@ class RedisSettings(_Section):
 
 class SourceSettings(_Section):
     roots: list[Path] = Field(default_factory=list)
+    # URLs a producer may read (``tsbatch produce s3://... --format parquet``): each URL must start with
+    # one of these, as every path must lie beneath a root.
+    url_roots: list[str] = Field(default_factory=list)
 
     @field_validator("roots")
     @classmethod
@@ -98,7 +101,7 @@ def parse_duration(value: object) -> int:
 
 Duration = Annotated[int, BeforeValidator(parse_duration)]
 RouteKind = Literal["influxdb2", "victoriametrics"]
-JobKind = Literal["downsample", "copy"]
+JobKind = Literal["downsample", "copy", "archive"]
 Aggregate = Literal[
     "mean", "min", "max", "count", "sum", "first", "last", "stddev", "p50", "p90", "p95", "p99"
 ]
@@ -222,7 +225,9 @@ class JobSettings(_Section):
 
     kind: JobKind
     source: str
-    target: str
+    target: str = ""  # a route (downsample, copy)
+    url: str = ""  # archive: an fsspec URL (file:///srv/archive, s3://bucket/prefix, gcs://...)
+    delete_after_archive: bool = False
     measurement: str
     fields: list[str] = Field(default_factory=list)
     tags: dict[str, str] = Field(default_factory=dict)
@@ -251,6 +256,18 @@ class JobSettings(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSettings:
+        self._names_writable()
+        if self.kind == "downsample":
+            if not self.aggregates:
+                raise ValueError("aggregates: a downsample needs at least one (mean, min, max, count, ...)")
+            if len(set(self.aggregates)) != len(self.aggregates):
+                raise ValueError("aggregates: listed twice")
+        elif self.aggregates or self.output_measurement:
+            raise ValueError("aggregates and output_measurement are for kind = 'downsample'")
+        self._destination()
+        return self
+
+    def _names_writable(self) -> None:
         _no_control(self.measurement, "measurement")
         for f in self.fields:
             _no_control(f, "field")
@@ -261,14 +278,20 @@ class JobSettings(_Section):
             _no_control(self.output_measurement, "output_measurement")
         if len(set(self.fields)) != len(self.fields):
             raise ValueError("fields: listed twice")
-        if self.kind == "downsample":
-            if not self.aggregates:
-                raise ValueError("aggregates: a downsample needs at least one (mean, min, max, count, ...)")
-            if len(set(self.aggregates)) != len(self.aggregates):
-                raise ValueError("aggregates: listed twice")
-        elif self.aggregates or self.output_measurement:
-            raise ValueError("aggregates and output_measurement are for kind = 'downsample'")
-        return self
+
+    def _destination(self) -> None:
+        if self.kind == "archive":
+            if not self.url or "://" not in self.url:
+                raise ValueError(
+                    "url: an archive needs an fsspec URL such as file:///srv/archive or s3://b/p"
+                )
+            if self.target or self.mode == "server":
+                raise ValueError("an archive has a url, no target, and runs in the workers (mode = 'worker')")
+        else:
+            if not self.target:
+                raise ValueError(f"target: a {self.kind} needs a target route")
+            if self.url or self.delete_after_archive:
+                raise ValueError("url and delete_after_archive are for kind = 'archive'")
 
     def definition(self) -> dict[str, Any]:
         """What decides a window's output: hashed into its key, carried in its descriptor."""
@@ -283,7 +306,18 @@ class JobSettings(_Section):
             "aggregates": list(self.aggregates),
             "mode": self.mode,
             "output_measurement": self.output_measurement or self.measurement,
+            "url": self.url.rstrip("/"),
         }
+
+
+class BucketSettings(_Section):
+    """A bucket declared as code (``tsbatch buckets plan|apply``): its route names the server, org and
+    bucket; ``retention`` 0 keeps data for ever."""
+
+    route: str
+    retention: Duration = 0
+    shard_group: Duration = 0  # 0: the server's default for the retention
+    description: str = ""
 
 
 class SchedulerSettings(_Section):
@@ -314,6 +348,7 @@ class Settings(BaseSettings):
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     jobs: dict[str, JobSettings] = Field(default_factory=dict)
+    buckets: dict[str, BucketSettings] = Field(default_factory=dict)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
 
     @classmethod
@@ -332,16 +367,26 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     @model_validator(mode="after")
+    def _buckets_use_known_routes(self) -> Settings:
+        for name, bucket in self.buckets.items():
+            if bucket.route not in self.routes:
+                known = ", ".join(sorted(self.routes)) or "none configured"
+                raise ValueError(f"buckets.{name}.route: unknown route {bucket.route!r} (known: {known})")
+        return self
+
+    @model_validator(mode="after")
     def _jobs_use_known_routes(self) -> Settings:
         # At load, so a typo stops every command (the beat, the workers, the CLI) with the job's name.
         for name, job in self.jobs.items():
             if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
                 raise ValueError(f"jobs.{name}: a job name is 1-64 letters, digits, '_', '.' or '-'")
-            for side in ("source", "target"):
+            for side in ("source", "target") if job.kind != "archive" else ("source",):
                 route = getattr(job, side)
                 if route not in self.routes:
                     known = ", ".join(sorted(self.routes)) or "none configured"
                     raise ValueError(f"jobs.{name}.{side}: unknown route {route!r} (known: {known})")
+            if job.kind == "archive":
+                continue
             src, dst = self.routes[job.source], self.routes[job.target]
             if job.kind == "copy" and (src.url, src.org, src.bucket) == (dst.url, dst.org, dst.bucket):
                 raise ValueError(

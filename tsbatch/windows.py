@@ -73,9 +73,9 @@ class Definition(_Frozen):
     """What decides a window's output (``JobSettings.definition()``); carried in every descriptor, so a
     worker runs what was planned even while the settings file is being edited."""
 
-    kind: Literal["downsample", "copy"]
+    kind: Literal["downsample", "copy", "archive"]
     source: str
-    target: str
+    target: str = ""
     measurement: str
     fields: tuple[str, ...] = ()
     tags: dict[str, str] = Field(default_factory=dict)
@@ -83,6 +83,7 @@ class Definition(_Frozen):
     aggregates: tuple[str, ...] = ()
     mode: Literal["worker", "server"] = "worker"
     output_measurement: str
+    url: str = ""  # archive: where the window's Parquet file goes
 
     @classmethod
     def of(cls, job: JobSettings) -> Definition:
