@@ -19,6 +19,22 @@ from workers.runtime import TEARDOWN_ERRORS
 Series = dict[tuple[str, str], list[tuple[int, float]]]
 
 
+def shared_testdata() -> Path:
+    """The real files of ``../shared/testdata`` (InfluxDB annotated-CSV exports), used in place: beside
+    this checkout, or beside the one it was cloned from (CI runs a fresh clone elsewhere), or where
+    ``TSBATCH_TESTDATA`` says."""
+    import os
+
+    candidates = [Path(os.environ["TSBATCH_TESTDATA"])] if os.environ.get("TSBATCH_TESTDATA") else []
+    here = Path(__file__).resolve().parents[1]
+    candidates += [p / "shared" / "testdata" for p in here.parents]
+    candidates.append(Path("/work/shared/testdata"))
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise FileNotFoundError("../shared/testdata not found: set TSBATCH_TESTDATA")
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "data"

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from producers import planner
+from tests.conftest import shared_testdata
 from tsbatch.annotated_csv import (
     AnnotatedCsvError,
     AnnotatedCsvParser,
@@ -25,8 +26,7 @@ from tsbatch.annotated_csv import (
     rfc3339_ns,
 )
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "influxdb2-sample-data"
-samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"{SAMPLES} is absent")
+SAMPLES = shared_testdata() / "influxdb2-sample-data"
 
 # ---------------------------------------------------------------------------------------------------
 # A writer of annotated CSV, as Flux's encoder writes it (quotes only where needed, or everywhere).
@@ -207,7 +207,6 @@ def test_rfc3339_offsets_and_bad_times() -> None:
 # InfluxDB's own exports (influx query --raw, InfluxDB 2.0.7)
 
 
-@samples
 def test_an_influx_export_reads_as_typed_rows_with_shared_tables() -> None:
     rows = feed_in_pieces((SAMPLES / "air-sensor-annotated-head.csv").read_bytes(), [1000, 1001, 20_000])
 
@@ -232,7 +231,6 @@ def test_an_influx_export_reads_as_typed_rows_with_shared_tables() -> None:
     assert rows[-1].tags() == {"sensor_id": "TLM0101"} and rows[-1].line == 476
 
 
-@samples
 def test_tables_that_follow_each_other_without_a_new_header_are_told_apart() -> None:
     rows = feed_in_pieces((SAMPLES / "air-sensor-annotated-multi.csv").read_bytes(), [7, 8, 9])
 
@@ -251,7 +249,6 @@ ERROR_TABLE = (
 )
 
 
-@samples
 def test_an_error_table_after_data_rows_raises_flux_query_error() -> None:
     data = (SAMPLES / "air-sensor-annotated-head.csv").read_bytes()
     parser = AnnotatedCsvParser()
@@ -414,7 +411,6 @@ def test_chunks_parsed_alone_with_their_context_give_the_rows_of_the_whole_file(
     assert seen(rows) == expected(tables)
 
 
-@samples
 @pytest.mark.parametrize("block", [256, 1 << 20])
 def test_an_influx_export_is_cut_into_chunks_that_parse_alone(block: int) -> None:
     path = SAMPLES / "air-sensor-annotated-multi.csv"

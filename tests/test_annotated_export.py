@@ -9,17 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli
+from tests.conftest import cli, shared_testdata
 from tsbatch.annotated_csv import AnnotatedCsvParser
 from tsbatch.localstack import vm_export_settled, vm_rows_inserted
 
-SAMPLE = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "testdata"
-    / "influxdb2-sample-data"
-    / "air-sensor-annotated-multi.csv"
-)
+SAMPLE = shared_testdata() / "influxdb2-sample-data" / "air-sensor-annotated-multi.csv"
 ERROR_TABLE = (
     b"\r\n#datatype,string,string\r\n#group,true,true\r\n#default,,\r\n,error,reference\r\n"
     b",query terminated: out of memory,\r\n"
@@ -48,7 +42,6 @@ def expected(data: bytes) -> Samples:
     return {k: sorted(v) for k, v in out.items()}
 
 
-@pytest.mark.skipif(not SAMPLE.is_file(), reason=f"{SAMPLE} is absent")
 def test_an_influx_export_lands_row_for_row_and_bad_rows_are_dead_lettered_by_line(
     make_stack, data_dir: Path
 ) -> None:
