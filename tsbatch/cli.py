@@ -574,7 +574,7 @@ def routes_clear(name: str, as_json: bool) -> None:
 
 
 # The window commands register themselves on ``main`` (a module of their own: cli.py stays one idea).
-from tsbatch import cli_windows  # noqa: E402, F401
+from tsbatch import cli_lifecycle, cli_windows  # noqa: E402, F401
 
 if __name__ == "__main__":
     # Run as ``python -m tsbatch.cli``, this file is ``__main__``: the window commands registered on the

@@ -106,6 +106,15 @@ class Attempt:
         if self.lost.is_set():
             raise LeaseLost(self.work.key)
 
+    def confirm(self) -> None:
+        """Check with the ledger, now, that this attempt still holds the lease (fencing before an effect
+        that cannot be taken back, such as putting a file in place); may be called from a thread."""
+        w = self.rt.settings.worker
+        if self.lost.is_set() or not self.rt.ledger.renew(
+            self.work.key, self.holder, lease_ttl_s=w.lease_ttl_s
+        ):
+            raise LeaseLost(self.work.key)
+
     async def run(self) -> Outcome:
         heartbeat = asyncio.create_task(self._heartbeat())
         try:

@@ -133,17 +133,24 @@ class WindowWork:
             "line": "",
             "window": d.label(),
             "job_name": d.job,
-            "route": d.definition.target,
+            "route": d.definition.target or d.definition.source,
             "descriptor": json.dumps(d.to_message()),
         }
 
     async def run(self, attempt: Attempt) -> Result:
         d, defn = self.desc, self.desc.definition
         self.rt.settings.route(defn.source)
-        self.rt.settings.route(defn.target)
-        await self.rt.breaker_allows(defn.target)
+        extra: dict[str, str | int | float] = {}
+        if defn.kind != "archive":
+            self.rt.settings.route(defn.target)
+            await self.rt.breaker_allows(defn.target)
         started = time.perf_counter()
-        if defn.mode == "server":
+        if defn.kind == "archive":
+            from workers.archive import run_archive_window  # only archive jobs need pyarrow
+
+            read, written, fp = await run_archive_window(self.rt, d, attempt)
+            extra, sink = written.record(), written
+        elif defn.mode == "server":
             from workers.influxread import run_server_window
 
             read, sink, fp = await run_server_window(self.rt, d, attempt)
@@ -162,6 +169,7 @@ class WindowWork:
             "bytes": sink.size,
             "sha256": sink.sha256(),
             "window_ms": round((time.perf_counter() - started) * 1000),
+            **extra,
         }
         return Result(sink.points, record)
 

@@ -1,0 +1,248 @@
+"""The archive work: a window's raw points into one Parquet file, written atomically, read back and
+verified before the window commits (tsbatch/archives.py has the layout and the row digest).
+
+    read the window (blocks of one series) ── pivot to one row per point (tags, time) ── pin the schema
+    ── write a local temp file ── fencing check ── publish: rename (local) or one PUT (object store)
+    ── read the file back: rows and row digest equal what was read, SHA-256 equal what was written
+    ── commit: path, size, rows, digest, SHA-256 in the ledger
+
+A file is never visible half-written under its final name: a local file is renamed into place, an object
+store gets the finished file in a single PUT (s3fs: one PutObject, or a multipart upload that appears
+only when completed), never a copy-and-delete "rename". The job's schema (tag keys, field types) is pinned
+in the ledger by its first window, so every file of a job reads as one dataset; a window with a column
+outside it is dead-lettered (``schema_changed``) rather than written in another shape. Memory grows with
+the points of a window here (a file is one window): choose ``every`` accordingly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from tsbatch.archives import archive_path, file_sha256, metadata, table_digest
+from tsbatch.errors import SourceError, TransientWriteError
+from tsbatch.windows import WindowDescriptor
+from workers.aggregate import Fingerprint
+from workers.harness import Attempt
+from workers.readers import Block
+from workers.runtime import Runtime
+
+TagSet = tuple[tuple[str, str], ...]
+ROW_GROUP_ROWS = 1 << 20  # a restore reads a file's row groups as its chunks: ~1M points each
+
+
+def _arrow_type(values: np.ndarray[Any, Any]) -> pa.DataType:
+    if values.dtype == np.float64:
+        return pa.float64()
+    if values.dtype == np.int64:
+        return pa.int64()
+    kinds = {type(v) for v in values}
+    if kinds <= {bool}:
+        return pa.bool_()
+    if kinds <= {int}:
+        return pa.int64()
+    if kinds <= {int, float}:
+        return pa.float64()
+    return pa.string()
+
+
+def build_table(blocks: list[Block], measurement: str, pinned: dict[str, Any]) -> pa.Table:
+    """One row per (tag set, time), one column per tag key and field, in the pinned schema's columns."""
+    series: dict[TagSet, dict[str, list[Block]]] = defaultdict(lambda: defaultdict(list))
+    for b in blocks:
+        series[b.tags][b.field].append(b)
+    tag_keys: list[str] = pinned["tags"]
+    field_types: dict[str, str] = pinned["fields"]
+    times: list[np.ndarray[Any, Any]] = []
+    tag_idx: dict[str, list[np.ndarray[Any, Any]]] = {k: [] for k in tag_keys}
+    tag_values: dict[str, list[str]] = {k: [] for k in tag_keys}
+    columns: dict[str, list[pa.Array]] = {f: [] for f in field_types}
+    for tags, fields in sorted(series.items()):
+        stamps = np.unique(np.concatenate([b.times_ns for bs in fields.values() for b in bs]))
+        n = len(stamps)
+        times.append(stamps)
+        tag_map = dict(tags)
+        for k in tag_keys:
+            if k in tag_map:
+                tag_values[k].append(tag_map[k])
+                tag_idx[k].append(np.full(n, len(tag_values[k]) - 1, dtype=np.int32))
+            else:
+                tag_idx[k].append(np.full(n, -1, dtype=np.int32))
+        for f, typ in field_types.items():
+            columns[f].append(_field_column(fields.get(f, []), stamps, typ))
+    time = pa.array(np.concatenate(times) if times else np.array([], np.int64), pa.timestamp("ns", tz="UTC"))
+    n = len(time)
+    arrays: dict[str, pa.Array] = {
+        "time": time,
+        "measurement": pa.DictionaryArray.from_arrays(np.zeros(n, dtype=np.int32), pa.array([measurement])),
+    }
+    for k in tag_keys:
+        idx = np.concatenate(tag_idx[k]) if tag_idx[k] else np.array([], np.int32)
+        arrays[k] = pa.DictionaryArray.from_arrays(
+            pa.array(idx, mask=idx < 0), pa.array(tag_values[k], pa.string())
+        )
+    for f, typ in field_types.items():
+        arrays[f] = pa.concat_arrays(columns[f]) if columns[f] else pa.array([], _TYPES[typ])
+    return pa.table(arrays)
+
+
+_TYPES = {"double": pa.float64(), "long": pa.int64(), "boolean": pa.bool_(), "string": pa.string()}
+_NAMES = {v: k for k, v in _TYPES.items()}
+
+
+def _field_column(blocks: list[Block], stamps: np.ndarray[Any, Any], typ: str) -> pa.Array:
+    """The field's values placed at their times among ``stamps`` (null where the point lacks it)."""
+    if not blocks:
+        return pa.nulls(len(stamps), _TYPES[typ])
+    t = np.concatenate([b.times_ns for b in blocks])
+    v = np.concatenate([b.values for b in blocks])
+    order = np.argsort(t, kind="stable")
+    t, v = t[order], v[order]
+    # A duplicate (same series, field and time) keeps the last value read, as InfluxDB keeps the last write.
+    last = np.append(t[1:] != t[:-1], True)
+    t, v = t[last], v[last]
+    pos = np.searchsorted(stamps, t)
+    if typ == "double":
+        out = np.zeros(len(stamps), dtype=np.float64)
+        out[pos] = v.astype(np.float64)
+    elif typ == "long":
+        out = np.zeros(len(stamps), dtype=np.int64)
+        out[pos] = v.astype(np.int64)
+    else:
+        out = np.empty(len(stamps), dtype=object)
+        out[pos] = v
+    mask = np.ones(len(stamps), dtype=bool)
+    mask[pos] = False
+    return pa.array(out, type=_TYPES[typ], mask=mask)
+
+
+def observed_schema(blocks: list[Block]) -> dict[str, Any]:
+    tags = sorted({k for b in blocks for k, _ in b.tags})
+    fields: dict[str, str] = {}
+    for b in blocks:
+        fields.setdefault(b.field, _NAMES.get(_arrow_type(b.values), "string"))
+    return {"tags": tags, "fields": dict(sorted(fields.items()))}
+
+
+def pin_schema(rt: Runtime, job: str, observed: dict[str, Any]) -> dict[str, Any]:
+    """The job's schema: the first window's, kept in the ledger; a column outside it refuses the window."""
+    key = f"{rt.ledger.prefix}:archive_schema:{job}"
+    rt.ledger.redis.set(key, json.dumps(observed), nx=True)
+    pinned: dict[str, Any] = json.loads(str(rt.ledger.redis.get(key)))
+    extra = sorted(set(observed["tags"]) - set(pinned["tags"]))
+    extra += sorted(
+        f
+        for f, t in observed["fields"].items()
+        if pinned["fields"].get(f, t) != t or f not in pinned["fields"]
+    )
+    if extra:
+        raise SourceError(
+            f"job {job}: column(s) {', '.join(extra)} are not in the job's pinned archive schema "
+            f"(tags {pinned['tags']}, fields {pinned['fields']}): list the job's fields, or start a new job",
+            reason="schema_changed",
+        )
+    return pinned
+
+
+async def run_archive_window(
+    rt: Runtime, d: WindowDescriptor, attempt: Attempt
+) -> tuple[int, Any, Fingerprint]:
+    from workers.windows import read_window
+
+    defn = d.definition
+    fp = Fingerprint()
+    blocks: list[Block] = []
+    async for block in read_window(rt, defn, d.start, d.end):
+        attempt.check()
+        fp.add(block)
+        blocks.append(block)
+    pinned = pin_schema(rt, d.job, observed_schema(blocks))
+    table = build_table(blocks, defn.measurement, pinned)
+    del blocks
+    table = table.replace_schema_metadata(
+        metadata(
+            table.schema,
+            job=d.job,
+            start=d.start,
+            end=d.end,
+            tags=pinned["tags"],
+            fields=list(pinned["fields"]),
+        ).metadata
+    )
+    digest = table_digest(table)
+    path = archive_path(defn.url, defn.measurement, d.job, d.start)
+    written = await asyncio.to_thread(_write_and_verify, table, path, digest, attempt)
+    return fp.count, written, fp
+
+
+class Written:
+    """What the archive wrote: for the commit record."""
+
+    def __init__(self, path: str, size: int, rows: int, digest: str, sha256: str) -> None:
+        self.path, self.size, self.points, self.digest, self._sha = path, size, rows, digest, sha256
+
+    def sha256(self) -> str:
+        return self._sha
+
+    def record(self) -> dict[str, str | int | float]:
+        return {
+            "archive_path": self.path,
+            "archive_size": self.size,
+            "archive_rows": self.points,
+            "archive_digest": self.digest,
+            "archive_sha256": self._sha,
+        }
+
+
+def _write_and_verify(table: pa.Table, path: str, digest: str, attempt: Attempt) -> Written:
+    fs, remote = fsspec.core.url_to_fs(path)
+    local_fs = isinstance(fs, LocalFileSystem)
+    parent = os.path.dirname(remote)
+    fs.makedirs(parent, exist_ok=True)
+    tmp_dir = parent if local_fs else None
+    fd, tmp = tempfile.mkstemp(prefix=".tsbatch-", suffix=".parquet.tmp", dir=tmp_dir)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+        with open(tmp, "rb") as f:
+            data = f.read()
+        sha = file_sha256(data)
+        attempt.confirm()  # fencing: only the lease holder puts the file in place
+        if local_fs:
+            os.replace(tmp, remote)
+            _remove_stale_temps(parent, older_than_s=2 * attempt.rt.settings.worker.lease_ttl_s)
+        else:
+            fs.put_file(tmp, remote)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    with fs.open(remote, "rb") as f:
+        back = f.read()
+    back_table = pq.read_table(pa.BufferReader(back))
+    if file_sha256(back) != sha or table_digest(back_table) != digest:
+        raise TransientWriteError(f"{path}: the file read back differs from what was written")
+    return Written(path, len(back), back_table.num_rows, digest, sha)
+
+
+def _remove_stale_temps(folder: str, *, older_than_s: float) -> None:
+    """Temp files of writers killed mid-write (SIGKILL runs no cleanup). A live writer's file is younger
+    than two leases: its holder renews the lease while writing, and a lapsed lease fences it anyway."""
+    cutoff = time.time() - older_than_s
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(".tsbatch-") and entry.name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
