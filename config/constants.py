@@ -137,6 +137,10 @@ MAX_WINDOWS_PER_TICK: Final = 100
 """Windows planned per job and tick: after a long downtime the backlog is planned oldest first, 100 every
 tick (600 a minute at the default tick), so the queue never fills with one job's years of windows."""
 
+EXPIRY_WARNING_S: Final = 86_400
+"""``tsbatch jobs`` warns about a window not yet archived that its bucket's retention drops within a day:
+time for a person to see it and for the archive job to catch up."""
+
 READ_BLOCK_BYTES: Final = 1 << 20
 """Producer read size while scanning for line boundaries: memory stays flat at ~1 MiB a file."""
 

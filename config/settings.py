@@ -318,6 +318,8 @@ class BucketSettings(_Section):
     retention: Duration = 0
     shard_group: Duration = 0  # 0: the server's default for the retention
     description: str = ""
+    # ``tsbatch jobs`` warns when a window not yet archived expires within this long.
+    warn_before: Duration = constants.EXPIRY_WARNING_S
 
 
 class SchedulerSettings(_Section):

@@ -93,6 +93,20 @@ def test_windows_are_archived_to_a_folder_verified_and_tampering_is_reported(
 
     ok = cli(stack, "archive", "verify", "cpu_archive", "--from", iso(T0), "--to", iso(T0 + 3 * EVERY))
     assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    # The hot bucket's retention drops these windows within the next two days: three are archived, the
+    # windows after them are not (yet), and both `retention plan` and `jobs` say so.
+    retention = int(time.time()) - T0 + 3600
+    stack.settings["buckets"] = {"hot": {"route": "hot", "retention": f"{retention}s", "warn_before": "2d"}}
+    stack.write_config()
+    plan = cli(stack, "retention", "plan", "--days", "2", "--json")
+    assert plan.returncode == 1, plan.stderr
+    windows = {w["window"]: w for w in map(json.loads, plan.stdout.splitlines())}
+    assert [windows[iso(T0 + k * EVERY)]["archived"] for k in range(4)] == [True, True, True, False]
+    assert not windows[iso(T0 - EVERY)]["archived"]  # planned by nobody: the job's range starts at T0
+    assert windows[iso(T0)]["expires"] == iso(T0 + EVERY + retention)
+    warned = cli(stack, "jobs")
+    assert "window(s) of bucket hot expire within 172800s and are not archived" in warned.stderr
     Path(paths[0].removeprefix("file://")).unlink()
     p1 = Path(paths[1].removeprefix("file://"))
     p1.write_bytes(p1.read_bytes()[:-10])

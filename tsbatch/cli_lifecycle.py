@@ -95,7 +95,7 @@ def retention() -> None:
     """What the buckets' retention will drop, and whether it is archived."""
 
 
-def _expiring(settings: Settings, producer: Any, days: float, now: int) -> list[dict[str, Any]]:
+def expiring(settings: Settings, producer: Any, days: float, now: int) -> list[dict[str, Any]]:
     out = []
     for bname, bucket in sorted(settings.buckets.items()):
         if not bucket.retention:
@@ -130,7 +130,7 @@ def retention_plan(days: float, as_json: bool) -> None:
     the next DAYS, and whether each is archived and verified (exit 1 if any is not)."""
     settings = _settings()
     with _producer(settings) as producer:
-        rows = _expiring(settings, producer, days, int(time.time()))
+        rows = expiring(settings, producer, days, int(time.time()))
     for r in rows:
         if as_json:
             click.echo(json.dumps(r))

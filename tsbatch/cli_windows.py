@@ -114,6 +114,30 @@ def jobs(as_json: bool) -> None:
         )
     if not rows:
         click.echo("no jobs configured ([jobs.NAME] in the settings)", err=True)
+    _warn_expiring(settings)
+
+
+def _warn_expiring(settings: Settings) -> None:
+    """Windows that a bucket's retention drops within its ``warn_before`` and no archive holds yet."""
+    from tsbatch.cli_lifecycle import expiring
+
+    with _producer(settings) as producer:
+        now = int(time.time())
+        for bname, bucket in settings.buckets.items():
+            late = [
+                r
+                for r in expiring(settings, producer, bucket.warn_before / 86_400, now)
+                if r["bucket"] == bname
+            ]
+            missing = [r for r in late if not r["archived"]]
+            if missing:
+                first = missing[0]
+                click.echo(
+                    f"warning: {len(missing)} window(s) of bucket {bname} expire within "
+                    f"{bucket.warn_before}s and are not archived (first: job {first['job']} "
+                    f"{first['window']}, expires {first['expires']}): see `tsbatch retention plan`",
+                    err=True,
+                )
 
 
 class _ShowByDefault(click.Group):
