@@ -387,22 +387,27 @@ class Settings(BaseSettings):
                 if route not in self.routes:
                     known = ", ".join(sorted(self.routes)) or "none configured"
                     raise ValueError(f"jobs.{name}.{side}: unknown route {route!r} (known: {known})")
-            if job.kind == "archive":
-                continue
-            src, dst = self.routes[job.source], self.routes[job.target]
-            if job.kind == "copy" and (src.url, src.org, src.bucket) == (dst.url, dst.org, dst.bucket):
-                raise ValueError(
-                    f"jobs.{name}: source and target are the same bucket: a copy would do nothing"
-                )
-            if job.mode == "server":
-                if src.kind != "influxdb2" or dst.kind != "influxdb2":
-                    raise ValueError(f"jobs.{name}: mode = 'server' runs Flux: both routes must be influxdb2")
-                if (src.url, src.org) != (dst.url, dst.org):
-                    # Flux's to() could reach another server only with a token inside the query text.
-                    raise ValueError(
-                        f"jobs.{name}: mode = 'server' needs source and target on one server and org"
-                    )
+            self._routes_fit(name, job)
         return self
+
+    def _routes_fit(self, name: str, job: JobSettings) -> None:
+        src = self.routes[job.source]
+        if job.kind == "archive":
+            if job.delete_after_archive and src.kind != "influxdb2":
+                # VictoriaMetrics deletes whole series, not a time range: it would lose unarchived data.
+                raise ValueError(f"jobs.{name}: delete_after_archive needs an influxdb2 source route")
+            return
+        dst = self.routes[job.target]
+        if job.kind == "copy" and (src.url, src.org, src.bucket) == (dst.url, dst.org, dst.bucket):
+            raise ValueError(f"jobs.{name}: source and target are the same bucket: a copy would do nothing")
+        if job.mode == "server":
+            if src.kind != "influxdb2" or dst.kind != "influxdb2":
+                raise ValueError(f"jobs.{name}: mode = 'server' runs Flux: both routes must be influxdb2")
+            if (src.url, src.org) != (dst.url, dst.org):
+                # Flux's to() could reach another server only with a token inside the query text.
+                raise ValueError(
+                    f"jobs.{name}: mode = 'server' needs source and target on one server and org"
+                )
 
     def route(self, name: str) -> RouteSettings:
         try:

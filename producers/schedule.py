@@ -273,6 +273,24 @@ async def recheck(
     return repairs
 
 
+async def prune(
+    windows: Windows, *, delete: Callable[[int, int], Awaitable[None]], max_windows: int
+) -> list[int]:
+    """``delete_after_archive``: delete from the source the windows whose archive is committed, in order,
+    up to the watermark (every window before it is committed: archived and verified), at most
+    ``max_windows`` a tick. The ``pruned`` mark only moves forward; a delete done twice deletes nothing."""
+    marks = windows.marks()
+    if not windows.job.delete_after_archive or "watermark" not in marks:
+        return []
+    start = marks.get("pruned", marks["first"])
+    done = []
+    for s in list(window_starts(start, marks["watermark"], windows.every))[:max_windows]:
+        await delete(s, s + windows.every)
+        windows.ledger.advance(windows.name, "pruned", s + windows.every)
+        done.append(s)
+    return done
+
+
 @dataclass
 class Repair:
     start: int

@@ -94,7 +94,27 @@ def tick() -> dict[str, Any]:
 
             repairs = rt.run(schedule.recheck(windows, time.time(), fingerprint=fingerprint, publish=publish))
             report[name]["repaired"] = len(repairs)
+        if job.delete_after_archive:
+            report[name]["deleted"] = len(rt.run(_prune(rt, schedule.Windows(rt.ledger, name, job))))
     return report
+
+
+async def _prune(rt: Runtime, windows: schedule.Windows) -> list[int]:
+    from workers.prune import delete_window
+
+    async def delete(start: int, end: int) -> None:
+        await delete_window(rt, windows.defn, start, end)
+        log.info(
+            "deleted job=%s window [%d, %d) from route %s: archived",
+            windows.name,
+            start,
+            end,
+            windows.job.source,
+        )
+
+    return await schedule.prune(
+        windows, delete=delete, max_windows=rt.settings.scheduler.max_windows_per_tick
+    )
 
 
 @worker_process_init.connect
