@@ -1,4 +1,6 @@
-"""Aggregates of one window and the fingerprint of the raw points read, computed block by block.
+"""Aggregates of one window and the fingerprint of the raw points read, computed block by block, the
+blocks worked on in batches of about ``BATCH_POINTS`` points (a block is one series' points, often a
+few dozen: numpy's cost per call would otherwise outweigh its work).
 
 State is kept per series (measurement, tags, field): counts, sums, Welford's mean and M2 (merged with
 Chan's formula, so a series split over several blocks gives the same result as one block), min, max and
