@@ -15,7 +15,6 @@ series (the aggregates' state), never by the points in a window.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from config import RouteSettings
 from tsbatch.errors import PermanentWriteError, TransientWriteError
@@ -94,7 +94,7 @@ async def read_victoria(
             if resp.status != 200:
                 raise http_error(route_name, resp.status, await resp.text())
             async for line in _lines(resp):
-                row = json.loads(line)
+                row = orjson.loads(line)
                 metric: dict[str, str] = row["metric"]
                 name = metric.pop("__name__", "")
                 if not name.startswith(prefix) or len(name) == len(prefix):
