@@ -31,7 +31,7 @@ from tsbatch.sources import Source, open_source
 from tsbatch.windows import WindowDescriptor
 
 BACKPRESSURE_POLL_S = 0.2
-WAIT_POLL_S = 0.2
+WAIT_POLL_S = 1.0  # a backstop only: commits wake ``wait`` through the job's pub/sub channel
 QUEUE_CHECK_EVERY = 16  # descriptors between queue-length checks: one round trip per ~1M lines
 
 
@@ -270,19 +270,32 @@ class Producer:
         on_update: Callable[[JobStatus], None] | None = None,
     ) -> JobStatus:
         """Block until every unit of the job is committed or dead-lettered, or until what is left can
-        never finish because planning was interrupted; ``TimeoutError`` after ``timeout_s``."""
+        never finish because planning was interrupted; ``TimeoutError`` after ``timeout_s``.
+
+        The ledger publishes on the job's channel at every commit and dead letter, so this wakes within
+        a round trip of the last one; ``poll_s`` only bounds how long a missed message (a Redis restart)
+        or an interrupted planning can go unseen."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            status = self.status(job_id)
-            if on_update:
-                on_update(status)
-            if status.done or not status.exists:
-                return status
-            if status.pending == 0 and self.planning_problem(status):
-                return status
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id}: {status.pending} chunks still pending after {timeout_s}s")
-            time.sleep(poll_s)
+        events = self.ledger.job_events(job_id)  # subscribed before the first look: nothing is missed
+        try:
+            while True:
+                status = self.status(job_id)
+                if on_update:
+                    on_update(status)
+                if status.done or not status.exists:
+                    return status
+                if status.pending == 0 and self.planning_problem(status):
+                    return status
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"job {job_id}: {status.pending} chunks still pending after {timeout_s}s"
+                    )
+                wait = poll_s if deadline is None else max(min(poll_s, deadline - time.monotonic()), 0.0)
+                if events.get_message(timeout=wait) is not None:
+                    while events.get_message(timeout=0) is not None:  # a burst of commits: look once
+                        pass
+        finally:
+            events.close()
 
     def planning_problem(self, status: JobStatus) -> str:
         return status.planning_problem(now_ms_=now_ms(), stale_ms=int(PLANNING_STALE_S * 1000))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -95,3 +96,22 @@ def test_producer_memory_does_not_grow_with_file_size(make_stack, data_dir: Path
     assert large.stat().st_size > 15 * small.stat().st_size
     # Both peaks are one read block plus constant overhead; 20x the data must not move it by 1 MiB.
     assert peak_large - peak_small < 1 << 20, (peak_small, peak_large)
+
+
+def test_wait_wakes_on_the_last_commit_instead_of_polling(make_stack, data_dir: Path) -> None:
+    stack = make_stack(producer={"chunk_lines": 2_000})
+    stack.start_worker(concurrency=2)
+    src = data_dir / "p.lp"
+    datagen.write(src, "lp", series=20, points_per_series=500)  # 10,000 lines, several chunks
+    os.environ["TSBATCH_CONFIG"] = str(stack.config)
+    try:
+        producer = Producer(load_settings())
+    finally:
+        del os.environ["TSBATCH_CONFIG"]
+    with producer:
+        sub = producer.submit([src], route="default")
+        # A poll every 30 s would return up to 30 s late: the job's channel wakes it at the last commit.
+        status = producer.wait(sub.job_id, timeout_s=120, poll_s=30)
+        returned_ms = time.time() * 1000
+    assert status.done and status.committed == status.units > 1
+    assert returned_ms - status.last_ms < 1000

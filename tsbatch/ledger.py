@@ -14,7 +14,9 @@ Keys (``P`` is the configured prefix):
 - ``P:outbox``       sorted set: every unit not yet done, scored by when the sweeper should look at it
   (``sweep.lua`` re-publishes a unit whose message is overdue). ``P:claimed_mark``: the planning time of
   the newest unit claimed so far.
-- ``P:job:<job>``    hash of a job's counters; ``P:jobs`` sorted set of job ids by creation time.
+- ``P:job:<job>``    hash of a job's counters; ``P:jobs`` sorted set of job ids by creation time. The
+  same name is a pub/sub channel: every commit, dead letter and the end of planning publishes on it, so
+  a waiting producer wakes at once.
 - ``P:window:<job>`` hash of a scheduled job's marks: ``first`` (its first window), ``watermark``
   (every window before it is committed), ``planned_to`` (windows before it are planned), ``def`` (the
   definition last seen, JSON); ``P:wgen:<job>`` hash: window start -> its current generation.
@@ -317,6 +319,13 @@ class Ledger:
             self.redis.hset(self.job_key(job_id), "interrupted", interrupted)
         else:
             self.redis.hset(self.job_key(job_id), mapping={"planned": 1, "interrupted": ""})
+        self.redis.publish(self.job_key(job_id), "planned")
+
+    def job_events(self, job_id: str) -> Any:
+        """A pub/sub subscription to the job's channel (commits, dead letters, end of planning)."""
+        events = cast(Any, self.redis).pubsub(ignore_subscribe_messages=True)  # redis-py: untyped
+        events.subscribe(self.job_key(job_id))
+        return events
 
     def job(self, job_id: str) -> JobStatus:
         h = cast(dict[str, str], self.redis.hgetall(self.job_key(job_id)))

@@ -29,6 +29,7 @@ for _, job_id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   redis.call('HINCRBY', job, 'bytes', rec['bytes'])
   redis.call('HINCRBY', job, 'rejected', rec['rejected'])
   redis.call('HSET', job, 'last_ms', ARGV[4])
+  redis.call('PUBLISH', job, 'committed')  -- `produce --wait` wakes now instead of polling
 end
 redis.call('DEL', KEYS[3])
 redis.call('HINCRBY', KEYS[4], 'commits', 1)

@@ -21,6 +21,7 @@ redis.call('ZREM', KEYS[5], ARGV[6])
 for _, job_id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   redis.call('HINCRBY', ARGV[5] .. job_id, 'dead', 1)
   redis.call('HSET', ARGV[5] .. job_id, 'last_ms', ARGV[2])
+  redis.call('PUBLISH', ARGV[5] .. job_id, 'dead')  -- `produce --wait` wakes now instead of polling
 end
 redis.call('DEL', KEYS[3])
 local entry = {}
