@@ -32,8 +32,8 @@ from isal import igzip, isal_zlib
 
 from config import RouteSettings, constants
 from tsbatch.errors import PermanentWriteError, TokenUnavailable, TransientWriteError, WriteError
+from tsbatch.token import RouteToken
 from workers.breaker import RouteGuard
-from workers.token import RouteToken
 
 PERMANENT_STATUSES = frozenset({401, 403, 404})
 AUTH_STATUSES = frozenset({401, 403})
