@@ -137,6 +137,14 @@ MAX_WINDOWS_PER_TICK: Final = 100
 """Windows planned per job and tick: after a long downtime the backlog is planned oldest first, 100 every
 tick (600 a minute at the default tick), so the queue never fills with one job's years of windows."""
 
+MIN_BUCKET_RETENTION_S: Final = 3600
+"""InfluxDB 2 refuses a bucket retention under one hour ("retention policy duration must be at least 1h0m0s");
+0 keeps data for ever."""
+
+ADMIN_TIMEOUT_S: Final = 30.0
+"""Timeout of one request to the orgs/buckets API (``tsbatch buckets``): small JSON answers, but a busy
+server's metadata store can be slow; a person waits at most this per request."""
+
 READ_BLOCK_BYTES: Final = 1 << 20
 """Producer read size while scanning for line boundaries: memory stays flat at ~1 MiB a file."""
 

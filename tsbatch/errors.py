@@ -9,7 +9,8 @@
     │   └── PermanentWriteError    retrying cannot help: 401, 403, 404 (misconfigured route)
     ├── RouteUnavailable       the route's shared circuit breaker is open: defer, it is not the chunk's fault
     ├── LeaseLost              this worker's claim on a chunk was taken over; stop without committing
-    └── RedisUnreachable       a command-line tool cannot reach Redis (workers ride restarts out instead)
+    ├── RedisUnreachable       a command-line tool cannot reach Redis (workers ride restarts out instead)
+    └── BucketApiError         the InfluxDB orgs/buckets API refused or failed (``tsbatch buckets``)
 
 ``config.ConfigError`` (settings), ``tsbatch.descriptor.DescriptorError`` (bad descriptors) and
 ``tsbatch.annotated_csv.AnnotatedCsvError`` (malformed annotated CSV, a ``ValueError``) live with the
@@ -81,6 +82,15 @@ class RouteUnavailable(TsbatchError):
 
 class LeaseLost(TsbatchError):
     """Another worker holds the chunk now; this one must not commit it."""
+
+
+class BucketApiError(TsbatchError):
+    """The InfluxDB v2 orgs/buckets API answered an error (``status``) or could not be reached
+    (``status`` None). The message says what was asked and what the server said, never the token."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RedisUnreachable(TsbatchError):
