@@ -1,5 +1,6 @@
 """Points older than the target bucket's retention: InfluxDB drops them with a 422, which is permanent
-(dead-lettered once as ``outside_retention``, never retried nor bisected).
+(dead-lettered once as ``outside_retention``, never retried nor bisected), and a backfill that would
+write such windows is refused before anything is planned.
 
 The 422 comes from the fault-injection server (no InfluxDB 2 runs here), with InfluxDB 2.7's wording as
 documented in "Troubleshoot issues writing data" (docs-v2)."""
@@ -7,21 +8,28 @@ documented in "Troubleshoot issues writing data" (docs-v2)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from influxdb_client.rest import ApiException
 
+from config import load_settings
+from producers.retention import RetentionConflict, check_window_retention
 from tests.conftest import cli, ledger
 from tests.test_windows import EVERY, T0
 from tests.test_windows_influx import flux_answer, influx_stack
 from tsbatch import datagen
 from tsbatch.errors import OutsideRetention
+from tsbatch.localstack import to_toml
 from tsbatch.windows import iso
 from workers.writer import RejectedBatch, classify
 
 pytestmark = pytest.mark.timeout(300)
+DAY = 86_400
 DROPPED_27 = (
     "failure writing points to database: partial write: dropped 3 points outside retention policy of "
     "duration 720h0m0s - oldest point cpu,host=h00000 at 2024-01-01T00:00:00Z dropped because it violates "
@@ -110,3 +118,80 @@ def test_a_window_the_target_drops_as_outside_retention_is_dead_lettered_once(
     assert len(proxy.requests()) == 1
     [entry] = [json.loads(line) for line in cli(stack, "dlq", "list", "--json").stdout.splitlines()]
     assert (entry["reason"], entry["kind"]) == ("outside_retention", "window")
+
+
+# -- backfill refuses windows older than the target bucket's retention --------------------------
+
+
+def _settings(retention: str, **job: Any) -> Any:
+    route = {"url": "http://influx:8086", "org": "acme", "token": "t"}
+    return load_settings(
+        routes={"hot": {**route, "bucket": "hot"}, "warm": {**route, "bucket": "warm"}},
+        buckets={"warm": {"route": "warm", "retention": retention}},
+        jobs={
+            "cpu_1h": {
+                "kind": "downsample",
+                "source": "hot",
+                "target": "warm",
+                "measurement": "cpu",
+                "every": "1h",
+                "aggregates": ["mean"],
+                **job,
+            }
+        },
+    )
+
+
+def test_a_window_older_than_the_target_buckets_retention_is_refused() -> None:
+    now = T0 + 40 * DAY + 1800  # 2026-02-10T00:30:00Z
+    with pytest.raises(RetentionConflict) as caught:
+        check_window_retention(_settings("30d"), "cpu_1h", T0, T0 + 41 * DAY, now=now)
+    assert str(caught.value) == (
+        "window 2026-01-01T00:00:00Z is older than the retention of bucket warm (30d): InfluxDB would drop "
+        "its points; the first window it would keep starts at 2026-01-11T01:00:00Z"
+    )
+
+
+def test_windows_inside_the_retention_or_a_forever_bucket_are_accepted() -> None:
+    now = T0 + 40 * DAY
+    check_window_retention(_settings("30d"), "cpu_1h", T0 + 11 * DAY, T0 + 12 * DAY, now=now)
+    check_window_retention(_settings("0s"), "cpu_1h", T0, T0 + DAY, now=now)
+    # A bucket declared for another route is not the job's target.
+    other = _settings("30d", target="hot")
+    check_window_retention(other, "cpu_1h", T0, T0 + DAY, now=now)
+
+
+def test_backfill_is_refused_before_anything_is_planned(tmp_path: Path) -> None:
+    settings = {
+        # No Redis listens there: the refusal must come first.
+        "redis": {"url": "redis://127.0.0.1:9/0"},
+        "routes": {
+            name: {"url": "http://127.0.0.1:9", "org": "acme", "bucket": name, "token": "t"}
+            for name in ("hot", "warm")
+        },
+        "buckets": {"warm": {"route": "warm", "retention": "30d"}},
+        "jobs": {
+            "cpu_1h": {
+                "kind": "copy",
+                "source": "hot",
+                "target": "warm",
+                "measurement": "cpu",
+                "every": "1h",
+            }
+        },
+    }
+    config = tmp_path / "tsbatch.toml"
+    config.write_text(to_toml(settings))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TSBATCH_")} | {
+        "TSBATCH_CONFIG": str(config)
+    }
+    args = ["backfill", "cpu_1h", "--from", "2020-01-01T00:00:00Z", "--to", "2020-01-02T00:00:00Z"]
+    done = subprocess.run(
+        [sys.executable, "-m", "tsbatch.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert (
+        "window 2020-01-01T00:00:00Z is older than the retention of bucket warm (30d): InfluxDB would drop "
+        "its points" in done.stderr
+    )
+    assert "redis" not in done.stderr.lower()
