@@ -141,6 +141,14 @@ EXPIRY_WARNING_S: Final = 86_400
 """``tsbatch jobs`` warns about a window not yet archived that its bucket's retention drops within a day:
 time for a person to see it and for the archive job to catch up."""
 
+MIN_BUCKET_RETENTION_S: Final = 3600
+"""InfluxDB 2 refuses a bucket retention under one hour ("retention policy duration must be at least 1h0m0s");
+0 keeps data for ever."""
+
+ADMIN_TIMEOUT_S: Final = 30.0
+"""Timeout of one request to the orgs/buckets API (``tsbatch buckets``): small JSON answers, but a busy
+server's metadata store can be slow; a person waits at most this per request."""
+
 READ_BLOCK_BYTES: Final = 1 << 20
 """Producer read size while scanning for line boundaries: memory stays flat at ~1 MiB a file."""
 

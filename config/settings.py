@@ -99,6 +99,20 @@ def parse_duration(value: object) -> int:
     return seconds
 
 
+def format_duration(seconds: int) -> str:
+    """``parse_duration``'s inverse, largest units first: 2592000 -> ``"30d"``, 5400 -> ``"1h30m"``."""
+    if seconds <= 0:
+        return "0s"
+    parts = []
+    for unit, size in _DURATION_UNITS.items():
+        if unit == "w":
+            continue  # "30d" reads better than "4w2d"
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
 Duration = Annotated[int, BeforeValidator(parse_duration)]
 RouteKind = Literal["influxdb2", "victoriametrics"]
 JobKind = Literal["downsample", "copy", "archive"]
@@ -321,6 +335,15 @@ class BucketSettings(_Section):
     # ``tsbatch jobs`` warns when a window not yet archived expires within this long.
     warn_before: Duration = constants.EXPIRY_WARNING_S
 
+    @model_validator(mode="after")
+    def _durations_influxdb_accepts(self) -> BucketSettings:
+        # InfluxDB refuses these itself, but only at `apply`, bucket by bucket: say so at load.
+        if 0 < self.retention < constants.MIN_BUCKET_RETENTION_S:
+            raise ValueError("retention: InfluxDB keeps data at least 1h (or 0: for ever)")
+        if self.retention and self.shard_group > self.retention:
+            raise ValueError("shard_group: must not be longer than the retention")
+        return self
+
 
 class SchedulerSettings(_Section):
     tick_s: float = Field(default=constants.TICK_S, gt=0)
@@ -370,10 +393,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _buckets_use_known_routes(self) -> Settings:
-        for name, bucket in self.buckets.items():
+        declared: dict[tuple[str, str, str], str] = {}
+        for name, bucket in sorted(self.buckets.items()):
             if bucket.route not in self.routes:
                 known = ", ".join(sorted(self.routes)) or "none configured"
                 raise ValueError(f"buckets.{name}.route: unknown route {bucket.route!r} (known: {known})")
+            route = self.routes[bucket.route]
+            where = (route.url, route.org, route.bucket)
+            if where in declared:
+                # Two declarations of one bucket would undo each other at every `tsbatch buckets apply`.
+                raise ValueError(f"buckets.{name}: declares the same bucket as buckets.{declared[where]}")
+            declared[where] = name
         return self
 
     @model_validator(mode="after")

@@ -8,7 +8,7 @@ answers, connections reset without an answer, and requests that are never answer
 Run it as a process::
 
     python -m tests.faultserver --port PORT --upstream http://127.0.0.1:VMPORT [--host 127.0.0.1]
-                                [--token T] [--seed N]
+                                [--token T] [--seed N] [--org NAME ...]
 
 It prints one line ``READY <port>`` (``--port 0`` picks a free port) once it listens, and stops cleanly
 on SIGTERM or SIGINT. From sync tests, use :class:`FaultServer`, which starts and drives the process.
@@ -31,6 +31,10 @@ InfluxDB endpoints
     (``PUT /__control/query_answers``): its bytes as they are, e.g. a recorded annotated-CSV body, an
     error table after data rows with status 200 included. Nothing is executed: no Flux runs here. Token
     check as for writes (401); a body that is not gzip when ``Content-Encoding: gzip`` says so is a 400.
+
+``/api/v2/orgs``, ``/api/v2/buckets``, ``/api/v2/buckets/{id}`` (GET, POST, PATCH)
+    The organizations and buckets API, with state kept in the server (orgs from ``--org``, default
+    ``local``, or ``PUT /__control/orgs``): see ``tests/faultbuckets.py``. Token check as for writes.
 
 Errors have InfluxDB 2's body, ``{"code": "<code>", "message": "<message>"}``, with
 ``Content-Type: application/json; charset=utf-8`` and ``X-Platform-Error-Code: <code>``; the code
@@ -73,6 +77,8 @@ Control API (JSON)
     decompression: the JSON that the client sent) and ``status``.
 ``DELETE /__control/queries``
     Clears that record.
+``PUT /__control/orgs``, ``GET /__control/buckets``, ``GET|DELETE /__control/admin``
+    The orgs, the buckets, and the record of orgs/buckets API requests (``tests/faultbuckets.py``).
 ``GET /__control/stats``
     ``{"total", "in_flight", "by_status": {"204": n, ...}, "by_outcome": {...}, "by_rule": {"0": n},
     "lines_received", "lines_forwarded"}``, computed from the record.
@@ -144,6 +150,8 @@ from types import TracebackType
 from typing import IO, Any, Final, Self
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
+
+from tests.faultbuckets import BucketsApi
 
 INFLUX_VERSION: Final = "v2.7.11"
 """Reported in ``X-Influxdb-Version`` and ``/health``."""
@@ -494,9 +502,12 @@ class _Write:
 class FaultState:
     """The server's state: rules, the record, the upstream session."""
 
-    def __init__(self, upstream: str, *, token: str | None, seed: int | None) -> None:
+    def __init__(
+        self, upstream: str, *, token: str | None, seed: int | None, orgs: Sequence[str] = ("local",)
+    ) -> None:
         self.upstream = upstream.rstrip("/")
         self.token = token
+        self.orgs = tuple(orgs)
         self.rules: list[FaultRule] = []
         self.seed = seed
         self.rng = random.Random(seed)
@@ -612,6 +623,7 @@ class FaultApp:
         app.router.add_put("/__control/query_answers", self.put_query_answers)
         app.router.add_get("/__control/queries", self.get_queries)
         app.router.add_delete("/__control/queries", self.delete_queries)
+        BucketsApi(self.state.orgs, authorized=self._authorized).register(app)
         return app
 
     # -- InfluxDB endpoints ----------------------------------------------------------------------
@@ -862,9 +874,11 @@ class FaultApp:
         return web.json_response({"cleared": True})
 
 
-async def serve(host: str, port: int, upstream: str, *, token: str | None, seed: int | None) -> None:
+async def serve(
+    host: str, port: int, upstream: str, *, token: str | None, seed: int | None, orgs: Sequence[str]
+) -> None:
     """Run the server until SIGTERM or SIGINT."""
-    state = FaultState(upstream, token=token, seed=seed)
+    state = FaultState(upstream, token=token, seed=seed, orgs=orgs)
     runner = web.AppRunner(
         FaultApp(state).build(), access_log=None, auto_decompress=False, shutdown_timeout=5.0
     )
@@ -891,11 +905,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:8428 (VictoriaMetrics)")
     parser.add_argument("--token", default=None, help="require 'Authorization: Token TOKEN' on writes")
     parser.add_argument("--seed", type=int, default=None, help="seed for the 'probability' of rules")
+    parser.add_argument("--org", action="append", help="an organization (repeat; default: local)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="faultserver %(levelname)s %(message)s"
     )
-    asyncio.run(serve(args.host, args.port, args.upstream, token=args.token, seed=args.seed))
+    orgs = args.org or ["local"]
+    asyncio.run(serve(args.host, args.port, args.upstream, token=args.token, seed=args.seed, orgs=orgs))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -934,10 +950,13 @@ class FaultServer:
         token: str | None = None,
         seed: int | None = None,
         host: str = "127.0.0.1",
+        orgs: Sequence[str] = (),
     ) -> FaultServer:
         """Start the server on a free port (it binds port 0 itself) and wait for its READY line."""
         command = [sys.executable, "-m", "tests.faultserver", "--port", "0"]
         command += ["--host", host, "--upstream", upstream]
+        for org in orgs:
+            command += ["--org", org]
         if token is not None:
             command += ["--token", token]
         if seed is not None:
@@ -1040,6 +1059,23 @@ class FaultServer:
 
     def clear_queries(self) -> None:
         self._call("DELETE", "/__control/queries")
+
+    def set_orgs(self, names: Sequence[str]) -> None:
+        """Replace the organizations (buckets of removed ones go with them)."""
+        self._call("PUT", "/__control/orgs", list(names))
+
+    def buckets(self) -> list[dict[str, Any]]:
+        """Every bucket the server holds, as ``GET /api/v2/buckets/{id}`` shows it."""
+        result: list[dict[str, Any]] = self._call("GET", "/__control/buckets")
+        return result
+
+    def admin_requests(self) -> list[dict[str, Any]]:
+        """Every orgs/buckets API request so far, oldest first (``method``, ``path``, ``body``...)."""
+        result: list[dict[str, Any]] = self._call("GET", "/__control/admin")
+        return result
+
+    def clear_admin_requests(self) -> None:
+        self._call("DELETE", "/__control/admin")
 
     # -- lifecycle -------------------------------------------------------------------------------
 

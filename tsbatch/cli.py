@@ -573,8 +573,9 @@ def routes_clear(name: str, as_json: bool) -> None:
         click.echo(f"route {name}: breaker closed, pause lifted ({deleted} keys deleted)")
 
 
-# The window commands register themselves on ``main`` (a module of their own: cli.py stays one idea).
-from tsbatch import cli_lifecycle, cli_windows  # noqa: E402, F401
+# The window, lifecycle and bucket commands register themselves on ``main`` (modules of their own:
+# cli.py stays one idea).
+from tsbatch import cli_buckets, cli_lifecycle, cli_windows  # noqa: E402, F401
 
 if __name__ == "__main__":
     # Run as ``python -m tsbatch.cli``, this file is ``__main__``: the window commands registered on the

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from config import Settings
+from producers.retention import check_window_retention
 from producers.schedule import Windows
 from tsbatch.cli import _producer, _settings, _user_errors, _wait_with_bar, main
 from tsbatch.envelope import TASK_NAME
@@ -243,8 +244,13 @@ def windows_verify(job: str, frm: str, to: str, as_json: bool) -> None:
 def backfill(
     job: str, frm: str, to: str, dry_run: bool, rerun: bool, wait: bool, timeout: float | None, as_json: bool
 ) -> None:
-    """Plan every window of JOB in [--from, --to): committed ones are skipped unless --rerun."""
+    """Plan every window of JOB in [--from, --to): committed ones are skipped unless --rerun.
+
+    Refused, before anything is planned, when a window is older than the retention of the target's
+    declared bucket ([buckets.NAME] on the job's target route): InfluxDB would drop its points."""
     settings = _settings()
+    with _user_errors():
+        check_window_retention(settings, job, parse_time(frm), parse_time(to), now=time.time())
     from producers.api import new_job_id
 
     with _producer(settings) as producer:

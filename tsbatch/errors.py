@@ -7,9 +7,11 @@
     │   ├── TransientWriteError    worth retrying: 429, 503, other 5xx, timeouts, connection errors
     │   │   └── TokenUnavailable       the route's token_file is missing, unreadable or empty (mid-rotation)
     │   └── PermanentWriteError    retrying cannot help: 401, 403, 404 (misconfigured route)
+    │       └── OutsideRetention       the server dropped points older than the bucket's retention (422)
     ├── RouteUnavailable       the route's shared circuit breaker is open: defer, it is not the chunk's fault
     ├── LeaseLost              this worker's claim on a chunk was taken over; stop without committing
-    └── RedisUnreachable       a command-line tool cannot reach Redis (workers ride restarts out instead)
+    ├── RedisUnreachable       a command-line tool cannot reach Redis (workers ride restarts out instead)
+    └── BucketApiError         the InfluxDB orgs/buckets API refused or failed (``tsbatch buckets``)
 
 ``config.ConfigError`` (settings), ``tsbatch.descriptor.DescriptorError`` (bad descriptors) and
 ``tsbatch.annotated_csv.AnnotatedCsvError`` (malformed annotated CSV, a ``ValueError``) live with the
@@ -68,7 +70,23 @@ class TokenUnavailable(TransientWriteError):
 
 
 class PermanentWriteError(WriteError):
-    """A write that will fail the same way every time for this route."""
+    """A write that will fail the same way every time for this route. ``reason`` is the dead letter's."""
+
+    reason = "route_rejected"
+
+
+class OutsideRetention(PermanentWriteError):
+    """InfluxDB dropped points older than the bucket's retention (422 ``partial write: dropped N points
+    outside retention policy ...``). The same points are dropped on every attempt, so the unit is
+    dead-lettered at once: never retried, never bisected as if some lines were malformed, and never
+    counted against the route's breaker (the route is healthy; the data is too old for it).
+    ``dropped`` is the server's count, when it gave one."""
+
+    reason = "outside_retention"
+
+    def __init__(self, message: str, *, status: int | None = None, dropped: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.dropped = dropped
 
 
 class RouteUnavailable(TsbatchError):
@@ -81,6 +99,15 @@ class RouteUnavailable(TsbatchError):
 
 class LeaseLost(TsbatchError):
     """Another worker holds the chunk now; this one must not commit it."""
+
+
+class BucketApiError(TsbatchError):
+    """The InfluxDB v2 orgs/buckets API answered an error (``status``) or could not be reached
+    (``status`` None). The message says what was asked and what the server said, never the token."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RedisUnreachable(TsbatchError):

@@ -164,7 +164,7 @@ class Attempt:
         except ConfigError as e:
             return await self.dead("unknown_route", str(e))
         except PermanentWriteError as e:
-            return await self.dead("route_rejected", str(e))
+            return await self.dead(e.reason, str(e))  # route_rejected; outside_retention
         except TransientWriteError as e:
             return await self._transient(e)
         except RouteUnavailable as e:

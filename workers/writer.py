@@ -3,6 +3,9 @@
 The boundary where HTTP outcomes become tsbatch's own exceptions:
 
     204                    written
+    422 / 500 "dropped N points outside retention policy" (2.7), "points beyond retention policy
+                           dropped=N" (older): ``OutsideRetention``, permanent: the unit is dead-lettered
+                           at once (reason ``outside_retention``), never retried nor bisected
     400 / 422              the batch holds lines the server refuses: ``RejectedBatch`` (the caller bisects)
     413                    too large: ``RejectedBatch`` with ``too_large`` (the caller splits)
     401 / 403 / 404        ``PermanentWriteError``: the route is misconfigured, retrying cannot help;
@@ -21,6 +24,7 @@ import asyncio
 import email.utils
 import gzip
 import random
+import re
 import time
 from collections.abc import Mapping
 
@@ -31,9 +35,15 @@ from influxdb_client.service.write_service import WriteService
 from isal import igzip, isal_zlib
 
 from config import RouteSettings, constants
-from tsbatch.errors import PermanentWriteError, TokenUnavailable, TransientWriteError, WriteError
+from tsbatch.errors import (
+    OutsideRetention,
+    PermanentWriteError,
+    TokenUnavailable,
+    TransientWriteError,
+    WriteError,
+)
+from tsbatch.token import RouteToken
 from workers.breaker import RouteGuard
-from workers.token import RouteToken
 
 PERMANENT_STATUSES = frozenset({401, 403, 404})
 AUTH_STATUSES = frozenset({401, 403})
@@ -41,6 +51,12 @@ TOKEN_ROTATION_GRACE_S = 60.0  # a token refused this soon after the token_file 
 GATE_REFRESH_S = 0.1  # how stale this process's view of a route's Retry-After pause may be
 BATCH_RETRY_CAP_S = 5.0  # in-task backoff stays short: a longer outage is Celery's to wait out
 REJECT_STATUSES = frozenset({400, 422})
+# InfluxDB 2.7's wording (docs-v2 "Troubleshoot issues writing data", influxdb#26257) and the older one
+# (InfluxDB 1.x and 2.0, influxdb#9093, answered with 500 by 2.0: dojot/dojot#2216).
+RETENTION_DROPPED = re.compile(
+    r"dropped (?P<n>\d+) points? outside retention policy|points beyond retention policy dropped=(?P<old>\d+)"
+)
+RETENTION_STATUSES = frozenset({422, 500})
 
 
 class RejectedBatch(WriteError):
@@ -76,10 +92,28 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
-def _body_text(body: object) -> str:
+def _body_text(body: object, *, limit: int = 500) -> str:
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
-    return str(body or "")[:500]
+    return str(body or "")[:limit]
+
+
+def outside_retention(route: str, status: int, text: str) -> OutsideRetention | None:
+    """``OutsideRetention`` if the answer says points were dropped for being older than the bucket's
+    retention. A bisection would only find that every old line is "bad", one request per line, and a
+    retry would be dropped the same way: so neither happens."""
+    found = RETENTION_DROPPED.search(text)
+    if found is None:
+        return None
+    dropped = int(found.group("n") or found.group("old"))
+    duration = re.search(r"retention policy of duration (\S+)", text)
+    of = f" of {duration.group(1)}" if duration else ""
+    return OutsideRetention(
+        f"route {route}: {status}: the server dropped {dropped} points older than the bucket's retention"
+        f"{of} (InfluxDB keeps nothing older; it wrote the rest of the batch): {text[:300]}",
+        status=status,
+        dropped=dropped,
+    )
 
 
 def classify(
@@ -88,6 +122,10 @@ def classify(
     status = int(err.status or 0)
     text = _body_text(err.body)
     headers: Mapping[str, str] = err.headers or {}
+    if status in RETENTION_STATUSES:
+        outside = outside_retention(route, status, _body_text(err.body, limit=4000))
+        if outside is not None:
+            return outside
     if status in REJECT_STATUSES:
         return RejectedBatch(f"route {route}: {status} {text}", status=status)
     if status == 413:
@@ -203,7 +241,9 @@ class RouteWriter:
             await asyncio.sleep(wait)
 
     async def _report_failure(self, err: WriteError, kind: str) -> None:
-        if self.guard is None:
+        if self.guard is None or isinstance(err, OutsideRetention):
+            # The route answered and is healthy; the data is too old for it. Counting that against the
+            # breaker would hold every other chunk's writes back.
             return
         self.breaker_dirty = True
         if err.retry_after:

@@ -7,6 +7,9 @@ the file is read again only when its (mtime, size, inode) changed, or after the 
 
 A file that is missing, unreadable or empty (a rotation halfway through, a secret volume remounting) is
 ``TokenUnavailable``: transient, retried like a 503, never a misconfigured route.
+
+Shared by the workers' writers and the command line (``tsbatch buckets``): both read a route's token the
+same way, and neither ever prints it.
 """
 
 from __future__ import annotations
