@@ -224,6 +224,7 @@ class BucketsApi:
         app.router.add_post("/api/v2/buckets", self._recorded(self.post_bucket))
         app.router.add_get("/api/v2/buckets/{id}", self._recorded(self.get_bucket))
         app.router.add_patch("/api/v2/buckets/{id}", self._recorded(self.patch_bucket))
+        app.router.add_post("/api/v2/delete", self._recorded(self.post_delete))
         app.router.add_put("/__control/orgs", self.put_orgs)
         app.router.add_get("/__control/buckets", self.control_buckets)
         app.router.add_get("/__control/admin", self.control_records)
@@ -254,6 +255,19 @@ class BucketsApi:
         return run
 
     # -- API -------------------------------------------------------------------------------------
+
+    async def post_delete(self, request: web.Request) -> web.Response:
+        """``POST /api/v2/delete?org=&bucket=`` with ``{"start", "stop", "predicate"}``: recorded (the test
+        reads the record), answered 204 as InfluxDB does; 400 without start or stop."""
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except ValueError:
+            return error(400, "invalid JSON body")
+        if not isinstance(body, dict) or not body.get("start") or not body.get("stop"):
+            return error(400, "start and stop are required")
+        if not request.query.get("bucket"):
+            return error(404, "bucket not found")
+        return web.Response(status=204)
 
     async def get_orgs(self, request: web.Request) -> web.Response:
         name = request.query.get("org")

@@ -245,3 +245,70 @@ def _listdir(path: Path) -> list[str]:
         return os.listdir(path)
     except FileNotFoundError:
         return []
+
+
+def test_delete_after_archive_deletes_each_window_once_archived_never_by_field(
+    make_stack: Any, fault_proxy: Any, tmp_path: Path
+) -> None:
+    """The source is the fault-injection server standing in for InfluxDB 2 (its query answer recorded in
+    the test, its delete API recorded): what is checked is the order (a window is deleted only after its
+    archive committed) and the request, not what a real InfluxDB deletes."""
+    from tests.test_windows_influx import flux_answer
+
+    every = 300
+    now = int(time.time())
+    first = now - now % every - 3 * every
+    stack = make_stack(routes=("vm",))
+    proxy = fault_proxy(stack.routes["vm"].url)
+    raw = {("h1", "eu", "usage"): [(first * 1000 + k * 10_000, float(k)) for k in range(30)]}
+    proxy.set_query_answers([{"body": flux_answer(raw)}])
+    stack.settings["routes"]["hot"] = {
+        "kind": "influxdb2",
+        "url": proxy.url,
+        "org": "local",
+        "bucket": "hot",
+        "token": "",
+    }
+    stack.settings["jobs"] = {
+        "cpu_archive": {
+            "kind": "archive",
+            "source": "hot",
+            "measurement": "cpu",
+            "tags": {"region": "eu"},
+            "every": "5m",
+            "start": iso(first),
+            "url": f"file://{tmp_path / 'archive'}",
+            "delete_after_archive": True,
+        }
+    }
+    stack.settings["scheduler"] = {"tick_s": 1}
+    stack.write_config()
+    stack.start_worker(concurrency=1)
+    stack.start_beat()
+
+    def deletes() -> list[dict[str, Any]]:
+        return [r for r in proxy.admin_requests() if r["path"] == "/api/v2/delete"]
+
+    wait_for(lambda: len(deletes()) >= 3, timeout=120, what="three windows deleted")
+    book = ledger(stack)
+    rows = [
+        json.loads(x)
+        for x in cli(
+            stack, "windows", "cpu_archive", "--from", iso(first), "--to", iso(first + 3 * every), "--json"
+        ).stdout.splitlines()
+    ]
+    assert [r["state"] for r in rows] == ["committed"] * 3
+    sent = deletes()[:3]
+    for k, req in enumerate(sent):
+        body = json.loads(req["body"])
+        assert body == {
+            "start": f"{iso(first + k * every)[:-1]}.000000000Z",
+            "stop": f"{iso(first + (k + 1) * every - 1)[:-1]}.999999999Z",
+            "predicate": '_measurement="cpu" AND region="eu"',
+        }
+        assert req["query"] == {"org": "local", "bucket": "hot"} and req["status"] == 204
+    marks = book.redis.hgetall("tsbatch:window:cpu_archive")
+    # Deleted only below the watermark (every window there committed: archived and verified), in order.
+    assert int(marks["pruned"]) <= int(marks["watermark"])
+    assert len(deletes()) == (int(marks["pruned"]) - first) // every
+    assert len({json.loads(r["body"])["start"] for r in deletes()}) == len(deletes())  # none twice
