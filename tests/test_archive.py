@@ -290,6 +290,8 @@ def test_delete_after_archive_deletes_each_window_once_archived_never_by_field(
         return [r for r in proxy.admin_requests() if r["path"] == "/api/v2/delete"]
 
     wait_for(lambda: len(deletes()) >= 3, timeout=120, what="three windows deleted")
+    stack.beats[0].stop()
+    time.sleep(2)  # a tick in flight finishes
     book = ledger(stack)
     rows = [
         json.loads(x)
