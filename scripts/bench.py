@@ -1049,7 +1049,8 @@ def render_windows(w: WindowResults | None) -> list[str]:
         f"where the hot VictoriaMetrics holds nothing: {floor.seconds:.2f} s at best. That is the fixed "
         "cost of the command as its user sees it (starting the Python process, connecting to Redis and "
         "the broker, planning and publishing each window, the workers' claim, empty read, commit and "
-        f"ack of each, and `--wait`, which the ledger now wakes at the last commit instead of a 0.2 s poll). With it W can at most reach "
+        "ack of each, and `--wait`, which the ledger wakes at the last commit instead of a 0.2 s poll). "
+        "With it W can at most reach "
         f"{fmt(w.points / floor.seconds)} points/s here, W/E ≤ "
         f"{w.points / floor.seconds / e.points_per_s:.2f}, however fast the windows' work.",
         "",
@@ -1103,7 +1104,8 @@ WINDOW_NOTES = [
     "*busy* share above; most of the rest of W's wall time is the command's fixed cost (*no points*), "
     "which alone keeps W/E near 0.2 at most: E reads this data in less time than the `tsbatch` process "
     "takes to start. W/E ≥ 0.5 is out of reach of the windows' work at this data size; what would move "
-    "it is that fixed cost (the process start, a round trip per window; `--wait`'s 0.2 s poll is gone: the ledger's pub/sub wakes it, no-points 0.60 -> 0.45 s) or "
+    "it is that fixed cost (the process start, a round trip per window; `--wait`'s 0.2 s poll is gone: "
+    "the ledger's pub/sub wakes it, no-points 0.60 -> 0.45 s) or "
     "fewer, longer windows (compare the 60 min row's points/s in the memory table). VictoriaMetrics "
     "compresses the export when asked (aiohttp asks): 36 MB → 5 MB for ~0.1 s more of its CPU over the "
     "whole range; the reader still asks, which pays off when the source is across a network.",
