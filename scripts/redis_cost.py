@@ -102,7 +102,12 @@ def ledger_only(seconds: float, threads: int) -> dict[str, Any]:
                 claim = ledger.claim(
                     key, worker=f"w{i}", lease_ttl_s=60, max_attempts=12, descriptor=descriptor
                 )
-                record = {"points": 1, "bytes": 1, "sha256": "x" * 64, "rejected": 0}
+                record: dict[str, str | int | float] = {
+                    "points": 1,
+                    "bytes": 1,
+                    "sha256": "x" * 64,
+                    "rejected": 0,
+                }
                 common = {"job": job, "key": key, "path": "", "route": "r"}
                 ledger.commit(key, claim.holder, record=record, rejected=[], dlq_common=common)
                 n += 1
