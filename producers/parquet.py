@@ -82,10 +82,10 @@ def mapping_for(schema: Any, md: Any, columns: ParquetColumns, name: str) -> Map
         raise SourceError(f"{name}: {problem}", reason="bad_schema") from None
     except ValueError as e:
         raise SourceError(f"{name}: {e}", reason="bad_schema") from None
-    problem = mapping_problem(schema, mapping)
-    if problem is not None:
+    unfit = mapping_problem(schema, mapping)
+    if unfit is not None:
         give = " (give --measurement)" if mapping.measurement_column else ""
-        raise SourceError(f"{name}: {problem}{give}", reason="bad_schema")
+        raise SourceError(f"{name}: {unfit}{give}", reason="bad_schema")
     return mapping
 
 
