@@ -127,7 +127,9 @@ class ArrowEncoder:
                 unit = column.type.unit
                 problems.add(
                     over,
-                    lambda i: f"column '{self.time_column}': {raw[i]} {unit} is out of range for nanoseconds",
+                    lambda i: (
+                        f"column '{self.time_column}': {int(raw[i])} {unit} is out of range for nanoseconds"
+                    ),
                 )
                 raw = np.where(over, 0, raw)
         ns = raw * factor
@@ -190,7 +192,7 @@ class ArrowEncoder:
         problems.add(
             valid & ~finite,
             lambda i: (
-                f"column '{name}': {numbers[i]!r} is not a finite float "
+                f"column '{name}': {float(numbers[i])!r} is not a finite float "
                 "(line protocol cannot store NaN or infinity)"
             ),
         )
