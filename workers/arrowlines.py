@@ -30,8 +30,9 @@ from workers.parsers import RAW_KEEP_CHARS, Batch
 
 _INT64_MAX = (1 << 63) - 1
 _UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
-# Arrow writes a double with its shortest round-trip digits, as Python's repr does, but switches to
-# exponent notation at other magnitudes; values outside [1e-4, 1e16) are written by format_float instead.
+# Arrow writes a double with its shortest round-trip digits, as Python's repr does, but chooses exponent
+# notation differently (1e10 as "1e+10", 1e-5 as "0.00001"): a value Arrow writes with an exponent, or
+# outside [1e-4, 1e16) where repr writes one, is written by format_float instead (found by hypothesis).
 _PLAIN_FROM, _PLAIN_BELOW = 1e-4, 1e16
 
 
@@ -198,7 +199,9 @@ class ArrowEncoder:
         )
         texts = values.cast(pa.string())
         magnitude = np.abs(numbers)
-        odd = valid & finite & (numbers != 0) & ((magnitude < _PLAIN_FROM) | (magnitude >= _PLAIN_BELOW))
+        exponent = pc.match_substring(texts, "e").fill_null(False).to_numpy(zero_copy_only=False)
+        outside = (numbers != 0) & ((magnitude < _PLAIN_FROM) | (magnitude >= _PLAIN_BELOW))
+        odd = valid & finite & (exponent | outside)
         if odd.any():
             replacements = [format_float(float(x)) for x in numbers[odd]]
             texts = pc.replace_with_mask(texts, pa.array(odd), pa.array(replacements, pa.string()))
@@ -215,6 +218,13 @@ def _body(lines: Any) -> bytes:
 
 
 def _raw(batch: Any, i: int) -> str:
-    """A rejected row as JSON, for the dead-letter queue (``dlq export`` prints it)."""
-    row = batch.slice(i, 1).to_pylist()[0]
+    """A rejected row as JSON, for the dead-letter queue (``dlq export`` prints it); times in RFC 3339
+    with all their digits (a datetime would stop at microseconds)."""
+    row = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        if pa.types.is_timestamp(column.type):
+            value = column.cast(pa.int64())[i].as_py()
+            row[name] = None if value is None else f"{np.datetime64(value, column.type.unit)}Z"
+        else:
+            row[name] = column[i].as_py()
     return json.dumps(row, default=str, ensure_ascii=False)[:RAW_KEEP_CHARS]
