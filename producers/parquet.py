@@ -1,8 +1,9 @@
 """Plan Parquet files (``tsbatch produce --format parquet``): a file's row groups are its chunks.
 
 A chunk is one row group, or a run of consecutive small ones of at most ``producer.chunk_lines`` rows
-and ``producer.max_chunk_bytes`` bytes together; the cut depends only on the file's footer, so planning
-an unchanged file again gives the same chunks and keys. The file is mapped once, here, from its schema:
+(smaller near the end with ``producer.taper``) and ``producer.max_chunk_bytes`` bytes together; the cut
+depends only on the file's footer, so planning an unchanged file again gives the same chunks and keys.
+The file is mapped once, here, from its schema:
 
 - ``time``: a timestamp column (any unit; without a time zone it is read as UTC);
 - the measurement: a string column ``measurement``, or ``--measurement`` for every row;
@@ -26,6 +27,7 @@ from pydantic import ValidationError
 
 from config import Settings
 from config.constants import READ_BLOCK_BYTES, SCHEMA_VERSION
+from producers.planner import TAPER_FROM_CHUNKS, TAPER_SMALLEST
 from producers.planner import expand as expand_paths
 from tsbatch.descriptor import ChunkDescriptor, FieldSpec, Mapping, Precision
 from tsbatch.errors import SourceError, SourceUnavailable
@@ -137,10 +139,14 @@ def _field_specs(schema: Any, fields: list[str]) -> Iterator[FieldSpec]:
         yield FieldSpec(name=column, kind=kind)
 
 
-def runs(md: Any, *, chunk_rows: int, max_bytes: int, name: str) -> Iterator[Run]:
-    """The chunks of a file: consecutive row groups while they fit ``chunk_rows`` and ``max_bytes``."""
+def runs(md: Any, *, chunk_rows: int, max_bytes: int, name: str, taper: bool = False) -> Iterator[Run]:
+    """The chunks of a file: consecutive row groups while they fit the run's row target and
+    ``max_bytes``. The target is ``chunk_rows``; with ``taper``, the last two chunks' worth of a longer
+    file get halves, quarters, ... of it, as ``planner.scan`` cuts text (workers finish together), as
+    far as the row groups allow: a row group is never split."""
+    total = sum(md.row_group(i).num_rows for i in range(md.num_row_groups))
     run: Run | None = None
-    row = 1
+    target, row = chunk_rows, 1
     for index in range(md.num_row_groups):
         rows = md.row_group(index).num_rows
         start, end = row_group_span(md, index)
@@ -150,15 +156,26 @@ def runs(md: Any, *, chunk_rows: int, max_bytes: int, name: str) -> Iterator[Run
                 f"({max_bytes}): write the file with smaller row groups, or raise the setting",
                 reason="chunk_too_large",
             )
-        if run and run.rows + rows <= chunk_rows and end - run.start <= max_bytes:
+        if run and run.rows + rows <= target and end - run.start <= max_bytes:
             run = Run(run.first, run.count + 1, run.first_row, run.rows + rows, run.start, end)
         else:
             if run:
                 yield run
             run = Run(index, 1, row, rows, start, end)
+            target = _target(total - row + 1, total, chunk_rows) if taper else chunk_rows
         row += rows
     if run:
         yield run
+
+
+def _target(remaining: int, total: int, chunk_rows: int) -> int:
+    """Rows for a run that starts with ``remaining`` rows left (``planner._Sizes.next``'s rule)."""
+    smallest = max(chunk_rows // TAPER_SMALLEST, 1)
+    if total <= TAPER_FROM_CHUNKS * chunk_rows or remaining > TAPER_FROM_CHUNKS * chunk_rows:
+        return chunk_rows  # a file of one or two chunks stays whole; or not near the end yet
+    if remaining < 2 * smallest:
+        return chunk_rows  # so near the end that the rest is one chunk
+    return min(max(remaining // 2 + 1, smallest), chunk_rows)
 
 
 def expand(paths: Iterable[str | Path], url_roots: list[str]) -> Iterator[str | Path]:
@@ -231,7 +248,7 @@ def _descriptors(
     mapping = mapping_for(md.schema.to_arrow_schema(), md, columns, src.name)
     p = settings.producer
     footer_digest = hashlib.sha256(footer)
-    for run in runs(md, chunk_rows=p.chunk_lines, max_bytes=p.max_chunk_bytes, name=src.name):
+    for run in runs(md, chunk_rows=p.chunk_lines, max_bytes=p.max_chunk_bytes, name=src.name, taper=p.taper):
         digest = footer_digest.copy()
         if src.local:  # an object in a store is not downloaded to plan it
             for at in range(run.start, run.end, READ_BLOCK_BYTES):

@@ -244,9 +244,16 @@ def test_small_row_groups_are_chunked_in_runs_and_every_row_is_read_once(tmp_pat
 
     descs = list(descriptors(src, settings=s, job_id="j", route="r", precision="s", columns=ParquetColumns()))
 
+    # Runs of two 10-row groups, then single groups as the end nears (producer.taper), the last one whole.
     assert [(d.row_groups, d.first_line, d.line_count) for d in descs] == [
-        ((0, 2), 1, 20), ((2, 2), 21, 20), ((4, 2), 41, 20), ((6, 2), 61, 20), ((8, 2), 81, 15)
+        ((0, 2), 1, 20), ((2, 2), 21, 20), ((4, 2), 41, 20), ((6, 1), 61, 10), ((7, 1), 71, 10),
+        ((8, 1), 81, 10), ((9, 1), 91, 5),
     ]  # fmt: skip
+    untapered = _settings(tmp_path, chunk_lines=25, taper=False)
+    plain = descriptors(
+        src, settings=untapered, job_id="j", route="r", precision="s", columns=ParquetColumns()
+    )
+    assert [d.row_groups for d in plain] == [(0, 2), (2, 2), (4, 2), (6, 2), (8, 2)]
     lines = [
         line
         for d in descs
