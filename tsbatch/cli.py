@@ -614,7 +614,7 @@ def routes_clear(name: str, as_json: bool) -> None:
 
 # The window, lifecycle and bucket commands register themselves on ``main`` (modules of their own:
 # cli.py stays one idea).
-from tsbatch import cli_buckets, cli_lifecycle, cli_windows  # noqa: E402, F401
+from tsbatch import cli_audit, cli_buckets, cli_lifecycle, cli_windows  # noqa: E402, F401
 
 if __name__ == "__main__":
     # Run as ``python -m tsbatch.cli``, this file is ``__main__``: the window commands registered on the

@@ -102,6 +102,7 @@ class ChunkWork:
             "sha256": digest,  # over the SHA-256 digests of the bodies written, in order
             "path": desc.path,
             "first_line": desc.first_line,
+            "batch_lines": self.rt.settings.worker.batch_lines,  # to recompute the bodies (audit verify)
             **timings,
         }
         return Result(points, record, rejected)
