@@ -407,13 +407,23 @@ def _print_summary(status: JobStatus, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", required=False)
 @click.option("--json", "as_json", is_flag=True)
-def status(job: str, as_json: bool) -> None:
-    """Chunks pending / committed / dead-lettered and points written for JOB."""
+@click.option("--watch", is_flag=True, help="With JOB: follow it until it is done.")
+@click.option("--once", is_flag=True, help="Without JOB: one snapshot, even on a terminal.")
+def status(job: str | None, as_json: bool, watch: bool, once: bool) -> None:
+    """Without JOB: every running job, route, worker node and scheduled job, live on a terminal
+    (refreshed every second; plain text otherwise, --json for scripts). With JOB: that job's chunks
+    pending / committed / dead-lettered and points written (--watch follows it)."""
+    if job is None:
+        _system_status(as_json, once)
+        return
     with _producer() as producer:
         st = producer.status(job)
         problem = producer.planning_problem(st)
+        if st.exists and watch and not st.done:
+            st = _wait_with_bar(producer, job, st.units)
+            problem = producer.planning_problem(st)
     if not st.exists:
         raise click.ClickException(f"no job {job}")
     if as_json:
@@ -422,6 +432,30 @@ def status(job: str, as_json: bool) -> None:
     _print_summary(st, as_json)
     if problem:
         click.echo(problem, err=True)
+
+
+def _system_status(as_json: bool, once: bool) -> None:
+    import time
+
+    from tsbatch.statusview import plain, rich_view, snapshot
+
+    with _route_guard() as (settings, guard), _producer(settings) as producer:
+        snap = snapshot(settings, producer.ledger, guard)
+        if as_json or once or not sys.stdout.isatty():
+            time.sleep(1)  # a second snapshot gives the rates
+            snap = snapshot(settings, producer.ledger, guard, snap)
+            click.echo(json.dumps(snap.as_json()) if as_json else plain(snap))
+            return
+        from rich.live import Live
+
+        with Live(rich_view(snap), refresh_per_second=4, screen=False) as live:
+            try:
+                while True:
+                    time.sleep(1)
+                    snap = snapshot(settings, producer.ledger, guard, snap)
+                    live.update(rich_view(snap))
+            except KeyboardInterrupt:
+                return
 
 
 @main.group()

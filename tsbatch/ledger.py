@@ -22,6 +22,7 @@ Keys (``P`` is the configured prefix):
   definition last seen, JSON); ``P:wgen:<job>`` hash: window start -> its current generation.
 - ``P:audit``        stream of audit records, one per commit (``commit.lua``), trimmed to
   ``ledger.retention_days``: ``tsbatch audit export|verify``.
+- ``P:nodes``        hash: worker node -> its last heartbeat (pid, processes, time), for ``tsbatch status``.
 - ``P:dlq``          capped stream of dead-letter entries; ``P:stats`` hash of counters.
 
 Every state change is one Lua script, so a crash between two Redis calls cannot leave half a change.
@@ -284,6 +285,20 @@ class Ledger:
             if len(rows) < batch:
                 return
             low = "(" + rows[-1][0]
+
+    def node_heartbeat(self, node: str, info: dict[str, Any]) -> None:
+        """A worker node is alive (its main process's sweeper says so every sweep)."""
+        self.redis.hset(f"{self.prefix}:nodes", node, json.dumps({**info, "seen_ms": now_ms()}))
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        raw = cast(dict[str, str], self.redis.hgetall(f"{self.prefix}:nodes"))
+        return {k: json.loads(v) for k, v in sorted(raw.items())}
+
+    def forget_node(self, node: str) -> None:
+        self.redis.hdel(f"{self.prefix}:nodes", node)
+
+    def recent_jobs(self, limit: int = 50) -> list[str]:
+        return cast(list[str], self.redis.zrevrange(f"{self.prefix}:jobs", 0, limit - 1))
 
     @property
     def outbox_key(self) -> str:
