@@ -50,7 +50,7 @@ def test_status_json_shows_the_running_job_routes_nodes_and_windows(
     )
     snap = json.loads(cli(stack, "status", "--json").stdout)
     [view] = [j for j in snap["jobs"] if j["job"] == job]
-    assert view["units"] == 20 and 1 <= view["committed"] <= 20 and view["planning"] == "done"
+    assert view["units"] == 20 and 1 <= view["committed"] <= 20 and view["planning"] in ("running", "done")
     assert view["points_per_s"] >= 0
     assert {r["route"] for r in snap["routes"]} == {"default", "other"}
     [node] = snap["nodes"]
