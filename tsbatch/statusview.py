@@ -70,7 +70,13 @@ def snapshot(
             st.points,
             st.rejected,
             st.done,
-            "interrupted" if st.interrupted else ("done" if st.planned else "planning"),
+            "done"
+            if st.done
+            else "interrupted"
+            if st.interrupted
+            else "running"
+            if st.planned
+            else "planning",
         )
         prev = before.get(job_id)
         if prev is not None and previous is not None:
