@@ -56,6 +56,8 @@ class Sweeper(threading.Thread):
         # Spread the sweepers of workers started together over the interval.
         wait = random.uniform(0, interval)
         try:
+            with contextlib.suppress(redis.RedisError):  # seen at once, not a sweep interval later
+                ledger.node_heartbeat(self.node, {"pid": os.getpid(), "processes": self.processes})
             while not self.stopping.wait(wait):
                 wait = interval
                 try:
