@@ -97,6 +97,16 @@ LOOP_LAG_MAX = Gauge(
     multiprocess_mode="livemax",
 )
 
+# Known label values start at 0, so a series exists before its first event: increase() over a series
+# that appears at 1 sees no increase, and an alert on it would miss the first occurrence.
+for _kind in ("chunk", "window", "archive"):
+    for _counter in (UNITS, REJECTED, UNIT_RETRIES, UNIT_DEFERRALS):
+        _counter.labels(_kind)
+for _outcome in ("claimed", "committed", "dead", "busy", "poison"):
+    CLAIMS.labels(_outcome)
+for _operation in ("commit", "dead_letter"):
+    FENCED.labels(_operation)
+
 _STATUS_OUTCOMES = {400: "rejected", 422: "rejected", 413: "too_large", 429: "throttled", 503: "unavailable"}
 
 
