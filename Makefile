@@ -2,7 +2,10 @@
 #
 #   make setup   redis-server, victoria-metrics, iproute2 and nftables (apt-get, only if missing; ip and
 #                nft build the network partition of tests/test_partition.py), nodejs and npm (the Flux
-#                parser of tests/test_flux.py, which runs `npm ci` in tests/flux), .venv with the project
+#                parser of tests/test_flux.py, which runs `npm ci` in tests/flux), prometheus (and its
+#                promtool: tests/test_metrics.py scrapes workers and checks deploy/prometheus/alerts.yml;
+#                under systemd the package also enables a prometheus service on :9090, unused by the tests),
+#                .venv with the project
 #   make demo    1,000,000 points through the whole pipeline and read back (DEMO_ARGS=--keep to keep it)
 #   make test    the test suite, on its own redis-server and VictoriaMetrics instances
 #   make bench   docs/BENCHMARKS.md's measurements (scripts/bench.py; BENCH_ARGS=--quick for a smoke run,
@@ -35,6 +38,7 @@ system-packages:
 	command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing with apt-get"; \
 		$(SUDO) apt-get update && \

@@ -4,6 +4,7 @@ from config.settings import (
     CONFIG_ENV,
     ConfigError,
     FlowerSettings,
+    MetricsSettings,
     ProducerSettings,
     RedisSettings,
     RouteSettings,
@@ -11,12 +12,14 @@ from config.settings import (
     SourceSettings,
     WorkerSettings,
     load_settings,
+    multiproc_dir,
 )
 
 __all__ = [
     "CONFIG_ENV",
     "ConfigError",
     "FlowerSettings",
+    "MetricsSettings",
     "ProducerSettings",
     "RedisSettings",
     "RouteSettings",
@@ -24,4 +27,5 @@ __all__ = [
     "SourceSettings",
     "WorkerSettings",
     "load_settings",
+    "multiproc_dir",
 ]

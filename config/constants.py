@@ -152,5 +152,22 @@ server's metadata store can be slow; a person waits at most this per request."""
 READ_BLOCK_BYTES: Final = 1 << 20
 """Producer read size while scanning for line boundaries: memory stays flat at ~1 MiB a file."""
 
+METRICS_REAP_INTERVAL_S: Final = 2.0
+"""How often a worker's main process looks for pool children that died (by any means, SIGKILL included)
+and folds their metric files into one aggregate (workers/reaper.py): one directory listing and a
+/proc read per child. A dead child's gauges stop counting within this long; scrapes come every 15 s."""
+
+LOOP_PROBE_INTERVAL_S: Final = 0.1
+"""Sleep of the event-loop lag probe (workers/loopprobe.py): ten wake-ups a second while a task runs,
+each a few microseconds; a callback that holds the loop for longer than this shows as lag."""
+
+LOOP_LAG_WINDOW_S: Final = 60.0
+"""``tsbatch_event_loop_lag_max_seconds`` is the largest lag seen in the last one to two of these:
+long enough for a 15 s scrape not to miss a stall, short enough to fall back once it is over."""
+
+METRICS_RECENT_JOBS: Final = 100
+"""Jobs (newest first) whose progress a scrape reads from the ledger for ``tsbatch_job_lag_seconds``:
+one HGETALL each, so a scrape stays in milliseconds however many jobs the ledger remembers."""
+
 QUEUE: Final = "tsbatch.chunks"
 KEY_PREFIX: Final = "tsbatch"

@@ -358,6 +358,18 @@ class FlowerSettings(_Section):
     password: SecretStr | None = None
 
 
+class MetricsSettings(_Section):
+    """Prometheus metrics of a worker, served by its main process (docs/OPERATIONS.md "Metrics").
+
+    ``dir``: the prometheus_client multiprocess directory; wiped at each worker start, so it must belong
+    to one worker. Unset: a fresh temporary directory, removed when the worker stops."""
+
+    port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics (and no multiprocess files)
+    address: str = "127.0.0.1"
+    dir: Path | None = None
+    reap_interval_s: float = Field(default=constants.METRICS_REAP_INTERVAL_S, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TSBATCH_",
@@ -372,6 +384,7 @@ class Settings(BaseSettings):
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     jobs: dict[str, JobSettings] = Field(default_factory=dict)
     buckets: dict[str, BucketSettings] = Field(default_factory=dict)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
@@ -452,6 +465,16 @@ class Settings(BaseSettings):
         except KeyError:
             known = ", ".join(sorted(self.jobs)) or "none configured"
             raise ConfigError(f"jobs.{name}: unknown job (known: {known})") from None
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiproc_dir() -> Path | None:
+    """prometheus_client's multiprocess directory, as its own code reads it (from the environment, set
+    by ``tsbatch worker`` before Celery forks: tsbatch/metricsdir.py)."""
+    value = os.environ.get(MULTIPROC_ENV)
+    return Path(value) if value else None
 
 
 def _describe(err: ValidationError) -> str:

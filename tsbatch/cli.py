@@ -89,9 +89,22 @@ def main() -> None:
 @click.option("--loglevel", "-l", default="info", show_default=True)
 @click.option("--pool", "-P", type=click.Choice(["prefork", "solo"]), default="prefork", show_default=True)
 @click.option("--hostname", "-n", default=None, help="Node name, e.g. w1@%h.")
-def worker(concurrency: int | None, loglevel: str, pool: str, hostname: str | None) -> None:
-    """Start a worker that executes chunks from the queue (Ctrl-C or SIGTERM drains and stops)."""
+@click.option(
+    "--max-tasks-per-child",
+    type=click.IntRange(min=1),
+    help="Replace a pool process after this many tasks (Celery's option; default: never).",
+)
+def worker(
+    concurrency: int | None, loglevel: str, pool: str, hostname: str | None, max_tasks_per_child: int | None
+) -> None:
+    """Start a worker that executes chunks from the queue (Ctrl-C or SIGTERM drains and stops).
+
+    With [metrics] port set, the worker's main process serves Prometheus metrics on it."""
     settings = _settings()
+    from tsbatch import metricsdir
+
+    # Before Celery and prometheus_client are imported, and so before the pool forks (tsbatch/metricsdir.py).
+    metrics_dir = metricsdir.prepare(settings.metrics)
     from workers import app
 
     argv = [
@@ -107,7 +120,12 @@ def worker(concurrency: int | None, loglevel: str, pool: str, hostname: str | No
     ]
     if hostname:
         argv += ["--hostname", hostname]
-    app.worker_main(argv)
+    if max_tasks_per_child:
+        argv += ["--max-tasks-per-child", str(max_tasks_per_child)]
+    try:
+        app.worker_main(argv)
+    finally:
+        metricsdir.cleanup(metrics_dir)
 
 
 @main.command()

@@ -301,13 +301,15 @@ class Stack:
         pool: str = "prefork",
         extra_env: Mapping[str, str] | None = None,
         netns: str | None = None,
+        args: Sequence[str] = (),
     ) -> Process:
         """Start a worker and wait until it is ready. ``netns``: run it in that network namespace
-        (``ip netns exec``, which execs the worker: the process's pid is the worker's own)."""
+        (``ip netns exec``, which execs the worker: the process's pid is the worker's own); ``args``:
+        more ``tsbatch worker`` options."""
         name = name or f"w{len(self.workers) + 1}"
         log = self.workdir / f"worker-{name}.log"
         argv = self.tsbatch(
-            "worker", "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--pool", pool
+            "worker", "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--pool", pool, *args
         )
         if netns is not None:
             argv = ["ip", "netns", "exec", netns, *argv]

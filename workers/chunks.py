@@ -57,6 +57,8 @@ def _timings(*, read: float, encode: float, write: float) -> dict[str, int]:
 class ChunkWork:
     """One chunk descriptor's work."""
 
+    kind = "chunk"
+
     def __init__(self, rt: Runtime, desc: ChunkDescriptor) -> None:
         self.rt = rt
         self.desc = desc

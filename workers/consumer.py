@@ -15,6 +15,7 @@ from celery.worker.consumer import Consumer
 
 from config import load_settings
 from tsbatch.ledger import Ledger, open_ledger
+from workers import metrics
 
 log = logging.getLogger("tsbatch.worker")
 RAW_KEEP_BYTES = 65_536
@@ -43,6 +44,7 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
                 "job": "",
             }
             self._ledger.dead_letter_message(entry)
+            metrics.DEAD_LETTERS.labels("message", reason).inc()
         except Exception:  # the refusal itself must go on even if Redis is away
             log.exception("could not dead-letter a refused message")
 

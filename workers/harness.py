@@ -40,6 +40,7 @@ from tsbatch.errors import (
     WriteError,
 )
 from tsbatch.ledger import Claim, RejectedLine
+from workers import metrics
 from workers.runtime import Runtime
 
 log = logging.getLogger("tsbatch.worker")
@@ -71,6 +72,11 @@ class Work(Protocol):
 
     @property
     def job_id(self) -> str: ...
+
+    @property
+    def kind(self) -> str:
+        """chunk | window | archive: the ``kind`` label of the unit's metrics."""
+        ...
 
     def label(self) -> str:
         """Where the unit is, for log lines (``path:line``, a window)."""
@@ -135,8 +141,10 @@ class Attempt:
             except redis.RedisError:
                 continue  # Redis restarting: the commit is fenced anyway
             if not held:
+                metrics.EXPIRIES.inc()
                 self.lost.set()
                 return
+            metrics.RENEWALS.inc()
 
     async def _guarded(self) -> Outcome:
         """Unexpected errors: Redis and shutdown go up (the message comes back); a bug dead-letters."""
@@ -172,6 +180,7 @@ class Attempt:
             countdown = e.wait_s + random.uniform(0, 1)
             await asyncio.to_thread(self.rt.ledger.release, self.work.key, self.holder, due_in_s=countdown)
             await asyncio.to_thread(self.rt.guard.count, "breaker_deferrals")
+            metrics.UNIT_DEFERRALS.labels(self.work.kind).inc()
             return Outcome("defer", countdown=countdown)
         except LeaseLost:
             # Someone else may hold the unit now, or our lease lapsed: look again in a second.
@@ -199,6 +208,7 @@ class Attempt:
             dlq_common=common,
         )
         if not committed:
+            metrics.FENCED.labels("commit").inc()
             log.warning(
                 "commit fenced job=%s key=%s: the lease was lost (another worker holds the unit now); "
                 "not counted as done here",
@@ -206,6 +216,8 @@ class Attempt:
                 work.key[:12],
             )
             raise LeaseLost(work.key)
+        size, rejected = int(record.get("bytes", 0)), len(result.rejected)
+        metrics.committed(work.kind, entry["route"], points=result.points, size=size, rejected=rejected)
         log.info(
             "committed job=%s key=%s %s points=%d rejected=%d ms=%d",
             work.job_id,
@@ -233,6 +245,7 @@ class Attempt:
         if not done:
             # Our lease lapsed and someone else may hold the unit: it stays planned and in the outbox,
             # so its holder or the sweeper finishes it. Acking this copy loses nothing.
+            metrics.FENCED.labels("dead_letter").inc()
             log.warning(
                 "dead letter fenced job=%s key=%s reason=%s: the unit stays in the outbox",
                 work.job_id,
@@ -240,6 +253,7 @@ class Attempt:
                 reason,
             )
             return Outcome("fenced", error=message)
+        metrics.DEAD_LETTERS.labels(work.kind, reason).inc()
         log.warning("dead-lettered job=%s key=%s reason=%s: %s", work.job_id, work.key[:12], reason, message)
         return Outcome("dead", error=message)
 
@@ -247,6 +261,7 @@ class Attempt:
         w = self.rt.settings.worker
         failures = self.failures + 1
         await asyncio.to_thread(self.rt.guard.count, "task_retries")
+        metrics.UNIT_RETRIES.labels(self.work.kind).inc()
         if failures > w.max_retries:
             return await self.dead("retries_exhausted", f"after {failures} attempts: {err}")
         countdown = backoff_s(failures - 1, base=w.retry_base_s, cap=w.retry_max_s, floor=err.retry_after)
@@ -270,6 +285,7 @@ async def execute(rt: Runtime, work: Work, descriptor: str) -> Outcome:
         max_attempts=w.max_attempts,
         descriptor=descriptor,
     )
+    metrics.CLAIMS.labels(claim.status).inc()
     if claim.status in ("committed", "dead"):
         return Outcome("duplicate")
     if claim.status == "busy":

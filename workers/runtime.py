@@ -21,6 +21,7 @@ from config import Settings, load_settings
 from tsbatch.errors import PermanentWriteError, RouteUnavailable
 from tsbatch.ledger import open_ledger
 from workers.breaker import RouteGuard
+from workers.loopprobe import LoopProbe
 from workers.writer import RouteWriter
 
 log = logging.getLogger("tsbatch.worker")
@@ -55,9 +56,10 @@ class Runtime:
         )
         self._writers: dict[str, RouteWriter] = {}
         self._http: aiohttp.ClientSession | None = None
+        self.probe = LoopProbe()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coro)
+        return self.loop.run_until_complete(self.probe.watch(coro))
 
     def writer(self, route_name: str) -> RouteWriter:
         """The route's writer, created on first use; must be called from inside the loop."""

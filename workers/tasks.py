@@ -22,7 +22,7 @@ from producers import schedule
 from tsbatch.descriptor import DescriptorError, parse_descriptor
 from tsbatch.envelope import TASK_NAME, TICK_TASK_NAME
 from tsbatch.windows import is_window_message, parse_window
-from workers import sweeper
+from workers import metrics, metricsserver, sweeper
 from workers.celeryapp import app
 from workers.chunks import ChunkWork
 from workers.harness import Outcome, backoff_s, execute
@@ -44,6 +44,7 @@ async def run_message(rt: Runtime, message: object) -> Outcome:
         raw = json.dumps(message, default=str)
         entry = {"reason": "bad_descriptor", "message": str(e), "job": job_id, "raw": raw}
         await asyncio.to_thread(rt.ledger.dead_letter_message, entry)
+        metrics.DEAD_LETTERS.labels("message", "bad_descriptor").inc()
         log.warning("dead-lettered a bad descriptor: %s", e)
         return Outcome("dead", error=str(e))
     return await execute(rt, ChunkWork(rt, desc), json.dumps(desc.to_message()))
@@ -130,12 +131,15 @@ def _stop_runtime(**_: Any) -> None:
 @worker_ready.connect
 def _start_sweeper(sender: Any = None, **_: Any) -> None:
     """The main process sweeps the outbox (never the pool children: one sweeper per node is enough)."""
+    settings = load_settings()
     controller = getattr(sender, "controller", None)
     processes = int(getattr(controller, "concurrency", 1) or 1)
-    sweeper.start(sender.app, load_settings(), node=str(getattr(sender, "hostname", "")), processes=processes)
+    sweeper.start(sender.app, settings, node=str(getattr(sender, "hostname", "")), processes=processes)
+    metricsserver.start(settings)  # /metrics of the whole worker, from this process only
 
 
 @worker_shutdown.connect
 def _stop_main_process(**_: Any) -> None:
     sweeper.stop()
+    metricsserver.stop()
     shutdown_runtime()  # --pool solo runs tasks in the main process

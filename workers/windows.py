@@ -122,6 +122,10 @@ class WindowWork:
     def job_id(self) -> str:
         return self.desc.job_id
 
+    @property
+    def kind(self) -> str:
+        return "archive" if self.desc.definition.kind == "archive" else "window"
+
     def label(self) -> str:
         return f"job={self.desc.job} {self.desc.label()}"
 

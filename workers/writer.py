@@ -43,6 +43,7 @@ from tsbatch.errors import (
     WriteError,
 )
 from tsbatch.token import RouteToken
+from workers import metrics
 from workers.breaker import RouteGuard
 
 PERMANENT_STATUSES = frozenset({401, 403, 404})
@@ -210,6 +211,7 @@ class RouteWriter:
                 )
                 if attempt > self.retries or delay > self.retry_max_wait_s:
                     raise
+                metrics.BATCH_RETRIES.labels(self.name).inc()
                 if self.guard:
                     await asyncio.to_thread(self.guard.count, "retries")
                 await asyncio.sleep(delay)
@@ -249,7 +251,9 @@ class RouteWriter:
         if err.retry_after:
             self._gate_until = max(self._gate_until, time.monotonic() + err.retry_after)
             await asyncio.to_thread(self.guard.pause, self.name, err.retry_after)
-        await asyncio.to_thread(self.guard.failure, self.name, kind=kind, reason=str(err))
+            metrics.ROUTE_PAUSES.labels(self.name).inc()
+        if await asyncio.to_thread(self.guard.failure, self.name, kind=kind, reason=str(err)):
+            metrics.BREAKER_OPENS.labels(self.name).inc()
 
     async def _send(self, body: bytes, precision: str, encoding: str) -> None:
         """Post with the token_file's current token. A 401/403 re-reads the file once: a token rotated
@@ -290,6 +294,7 @@ class RouteWriter:
             headers.pop("Authorization", None)
         return token
 
+    @metrics.observed_write
     async def _post(self, body: bytes, precision: str, encoding: str) -> None:
         try:
             await self._service.post_write_async(
