@@ -152,5 +152,10 @@ server's metadata store can be slow; a person waits at most this per request."""
 READ_BLOCK_BYTES: Final = 1 << 20
 """Producer read size while scanning for line boundaries: memory stays flat at ~1 MiB a file."""
 
+PREFLIGHT_ROWS: Final = 1_000
+"""Records of each file the producer maps before enqueueing it (issue 12): a wrong --time-format,
+--timezone or --delimiter fails on every one of them, so the job stops before 1,461 rows fill the
+dead-letter queue; 1,000 rows of 1 KiB are read and mapped in about 10 ms, at most 1 MiB per file."""
+
 QUEUE: Final = "tsbatch.chunks"
 KEY_PREFIX: Final = "tsbatch"
