@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import click
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from config import ConfigError, Settings, load_settings
 from tsbatch.descriptor import FIELD_KINDS, FORMATS, PRECISIONS, FieldSpec, Format, Mapping, Precision
@@ -219,7 +219,7 @@ def _mapping(fmt: str, opts: dict[str, Any]) -> Mapping | None:
         if given:
             raise click.UsageError(f"--{given[0]} is for --format csv")
     delimiter = "\t" if opts["delimiter"] in ("\\t", "tab") else opts["delimiter"]
-    with _user_errors():
+    try:
         return Mapping(
             measurement=opts["measurement"],
             measurement_column=opts["measurement_column"],
@@ -232,6 +232,10 @@ def _mapping(fmt: str, opts: dict[str, Any]) -> Mapping | None:
             delimiter=delimiter,
             columns=_names(opts["columns"]),
         )
+    except ValidationError as e:  # one line per problem, without pydantic's decoration
+        raise click.ClickException(
+            "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())
+        ) from None
 
 
 def _names(text: str | None) -> tuple[str, ...]:
