@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from config import constants
 from producers import planner
 from tests.conftest import descriptor_for
 from tsbatch.descriptor import ChunkDescriptor, FieldSpec, Mapping
@@ -298,3 +299,145 @@ def test_a_file_without_a_header_starts_after_its_byte_order_mark(tmp_path: Path
         assert (chunk.start, chunk.line_count) == (3, 1)
     finally:
         os.close(fd)
+
+
+# End to end: a real worker and VictoriaMetrics (tests/conftest.py's make_stack).
+
+LA_HOURS = [  # (local time, value): the 02:00 of 2010-03-14 does not exist, the 01:00 of 2010-11-07 twice
+    ("2010/03/14 01:00", 1),
+    ("2010/03/14 02:00", 2),
+    ("2010/03/14 03:00", 3),
+    ("2010/11/07 00:00", 4),
+    ("2010/11/07 01:00", 5),
+    ("2010/11/07 02:00", 6),
+]
+
+
+def ms(text: str) -> int:
+    return utc(text) * 1000
+
+
+def produce(stack: Any, path: Path, *args: str) -> tuple[Any, dict[str, Any]]:
+    import json
+
+    from tests.conftest import cli
+
+    done = cli(stack, "produce", str(path), "--route", "default", "--wait", "--json", *args)
+    summary = json.loads(done.stdout.splitlines()[-1]) if done.stdout.strip() else {}
+    return done, summary
+
+
+def dead_lines(stack: Any, job: str) -> dict[int, str]:
+    import json
+
+    from tests.conftest import cli
+
+    listed = cli(stack, "dlq", "list", "--job", job, "--json").stdout.splitlines()
+    return {int(e["line"]): e["message"] for e in map(json.loads, listed)}
+
+
+def test_local_times_in_a_semicolon_crlf_file_with_a_byte_order_mark_land_in_utc(
+    make_stack: Any, data_dir: Path
+) -> None:
+    from tests.conftest import landed
+
+    stack = make_stack()
+    stack.start_worker()
+    rows = [f'"h;1";{when};{value}' for when, value in LA_HOURS]
+    src = data_dir / "la.csv"
+    src.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(["host;local time;temp", *rows]).encode())  # no last CRLF
+    mapping = ("--format", "csv", "--measurement", "air", "--tag-columns", "host", "--field-columns", "temp")
+    zone = (
+        "--time-column",
+        "local time",
+        "--time-format",
+        "%Y/%m/%d %H:%M",
+        "--timezone",
+        "America/Los_Angeles",
+    )
+
+    done, summary = produce(stack, src, *mapping, *zone, "--delimiter", ";")
+
+    assert done.returncode == 1, done.stderr  # two rows refused
+    assert (summary["points"], summary["rejected_lines"]) == (4, 2)
+    dead = dead_lines(stack, summary["job"])
+    assert sorted(dead) == [3, 6]
+    assert "does not exist in America/Los_Angeles" in dead[3]
+    assert "ambiguous in America/Los_Angeles" in dead[6]
+    assert landed(stack.routes["default"].url) == {
+        ("air_temp", "h;1"): [
+            (ms("2010-03-14T09:00:00Z"), 1.0),
+            (ms("2010-03-14T10:00:00Z"), 3.0),
+            (ms("2010-11-07T07:00:00Z"), 4.0),
+            (ms("2010-11-07T10:00:00Z"), 6.0),
+        ]
+    }
+
+    again, summary = produce(stack, src, *mapping, *zone, "--delimiter", ";", "--ambiguous", "latest")
+
+    assert again.returncode == 1 and (summary["points"], summary["rejected_lines"]) == (5, 1)  # new keys
+    assert (ms("2010-11-07T09:00:00Z"), 5.0) in landed(stack.routes["default"].url)[("air_temp", "h;1")]
+
+
+def test_a_headerless_file_of_month_names_lands_with_columns(make_stack: Any, data_dir: Path) -> None:
+    from tests.conftest import landed
+
+    stack = make_stack()
+    stack.start_worker()
+    src = data_dir / "months.csv"
+    src.write_text("USW1,Jan 1 2000,1.5\nUSW1,Feb 29 2000,2.5")  # no header, no last newline
+
+    done, summary = produce(
+        stack,
+        src,
+        "--format",
+        "csv",
+        "--columns",
+        "host,date,tmax",
+        "--measurement",
+        "w",
+        "--tag-columns",
+        "host",
+        "--field-columns",
+        "tmax",
+        "--time-column",
+        "date",
+        "--time-format",
+        "%b %d %Y",
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert (summary["points"], summary["rejected_lines"]) == (2, 0)
+    assert landed(stack.routes["default"].url) == {
+        ("w_tmax", "USW1"): [(ms("2000-01-01T00:00:00Z"), 1.5), (ms("2000-02-29T00:00:00Z"), 2.5)]
+    }
+
+
+def test_preflight_stops_a_wrong_time_format_and_no_preflight_dead_letters_every_row(
+    make_stack: Any, data_dir: Path
+) -> None:
+    from tests.conftest import ledger
+
+    stack = make_stack()
+    stack.start_worker()
+    src = data_dir / "daily.csv"
+    src.write_text("host,date,tmax\n" + "".join(f"USW1,2012/01/{d:02d},{d}\n" for d in range(1, 11)))
+    mapping = ("--format", "csv", "--measurement", "w", "--tag-columns", "host", "--field-columns", "tmax")
+
+    stopped, _ = produce(stack, src, *mapping, "--time-column", "date")
+
+    assert stopped.returncode == 2 and stopped.stdout == ""
+    assert "line 2: time '2012/01/01' is not RFC 3339" in stopped.stderr
+    assert "try --time-format '%Y/%m/%d'" in stopped.stderr
+    redis = ledger(stack).redis
+    recorded = [
+        k for k in redis.scan_iter("tsbatch:*") if k.split(b":")[1] in (b"unit", b"job", b"jobs", b"dlq")
+    ]
+    assert recorded == []  # no job, no unit, no dead letter
+    assert redis.llen(stack.settings["producer"].get("queue", constants.QUEUE)) == 0
+
+    anyway, summary = produce(stack, src, *mapping, "--time-column", "date", "--no-preflight")
+
+    assert anyway.returncode == 1
+    assert (summary["points"], summary["rejected_lines"], summary["committed"]) == (0, 10, 1)
+    assert sorted(dead_lines(stack, summary["job"])) == list(range(2, 12))
