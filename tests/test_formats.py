@@ -430,10 +430,8 @@ def test_preflight_stops_a_wrong_time_format_and_no_preflight_dead_letters_every
     assert "line 2: time '2012/01/01' is not RFC 3339" in stopped.stderr
     assert "try --time-format '%Y/%m/%d'" in stopped.stderr
     redis = ledger(stack).redis
-    recorded = [
-        k for k in redis.scan_iter("tsbatch:*") if k.split(b":")[1] in (b"unit", b"job", b"jobs", b"dlq")
-    ]
-    assert recorded == []  # no job, no unit, no dead letter
+    for what in ("unit:*", "job:*", "jobs", "dlq"):  # no job, no unit, no dead letter
+        assert list(redis.scan_iter(f"tsbatch:{what}")) == [], what
     assert redis.llen(stack.settings["producer"].get("queue", constants.QUEUE)) == 0
 
     anyway, summary = produce(stack, src, *mapping, "--time-column", "date", "--no-preflight")
