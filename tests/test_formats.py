@@ -439,3 +439,4 @@ def test_preflight_stops_a_wrong_time_format_and_no_preflight_dead_letters_every
     assert anyway.returncode == 1
     assert (summary["points"], summary["rejected_lines"], summary["committed"]) == (0, 10, 1)
     assert sorted(dead_lines(stack, summary["job"])) == list(range(2, 12))
+    assert list(redis.scan_iter("tsbatch:unit:*"))  # the check above would have seen a unit
