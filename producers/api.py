@@ -24,6 +24,7 @@ from kombu.exceptions import OperationalError
 from config import Settings
 from config.constants import PLANNING_STALE_S, SCHEMA_VERSION
 from producers import planner
+from producers.preflight import Finding, check_paths
 from tsbatch.descriptor import MAPPED, ChunkDescriptor, Format, Mapping, Precision
 from tsbatch.envelope import TASK_NAME, create_app
 from tsbatch.errors import SourceError
@@ -136,6 +137,27 @@ class Producer:
             raise
         self.ledger.finish_planning(sub.job_id)
         return sub
+
+    def preflight(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        format: Format = "lp",
+        mapping: Mapping | None = None,
+        precision: Precision = "ns",
+    ) -> list[Finding]:
+        """What the first ``producer.preflight_rows`` records of each file are worth a word for (see
+        ``producers/preflight.py``); call it before ``submit`` and submit nothing if a finding ``stop``s."""
+        return list(
+            check_paths(
+                paths,
+                roots=self.settings.sources.roots,
+                format=format,
+                precision=precision,
+                mapping=mapping,
+                rows=self.settings.producer.preflight_rows,
+            )
+        )
 
     def _expand(self, paths: Sequence[str | Path], format: Format) -> Iterable[str | Path]:
         if format != "parquet":

@@ -348,11 +348,11 @@ def produce(
     columns = _parquet_columns(opts) if fmt == "parquet" else None
     files = _sources(paths, fmt)
     producer = _producer(settings)  # first: Redis down is reported before Celery is even imported
-    from producers import new_job_id, preflight
+    from producers import new_job_id
 
     with producer, _user_errors():
         if not no_preflight:
-            _preflight(preflight, files, settings, cast(Format, fmt), cast(Precision, precision), mapping)
+            _preflight(producer, files, cast(Format, fmt), cast(Precision, precision), mapping)
         job_id = new_job_id()
         click.echo(job_id)  # first, so that a long planning run can be followed (and named) at once
         sub = producer.submit(
@@ -399,24 +399,12 @@ PREFLIGHT_EXIT = 2  # as a usage error: the options do not fit the files, and no
 
 
 def _preflight(
-    preflight: Any,
-    files: list[str],
-    settings: Settings,
-    fmt: Format,
-    precision: Precision,
-    mapping: Mapping | None,
+    producer: Any, files: list[str], fmt: Format, precision: Precision, mapping: Mapping | None
 ) -> None:
     """Map the first records of every file before anything is enqueued: print the warnings; if the
     records of any file do not map, say why and what to try, and exit 2 with nothing enqueued."""
     stops = []
-    for found in preflight.check_paths(
-        files,
-        roots=settings.sources.roots,
-        format=fmt,
-        precision=precision,
-        mapping=mapping,
-        rows=settings.producer.preflight_rows,
-    ):
+    for found in producer.preflight(files, format=fmt, precision=precision, mapping=mapping):
         if found.stop:
             stops.append(found.text)
         else:
