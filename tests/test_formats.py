@@ -440,3 +440,23 @@ def test_preflight_stops_a_wrong_time_format_and_no_preflight_dead_letters_every
     assert (summary["points"], summary["rejected_lines"], summary["committed"]) == (0, 10, 1)
     assert sorted(dead_lines(stack, summary["job"])) == list(range(2, 12))
     assert list(redis.scan_iter("tsbatch:unit:*"))  # the check above would have seen a unit
+
+
+@pytest.mark.parametrize("given", ["\\t", "\t", "tab"])
+def test_the_cli_takes_a_tab_delimiter_written_as_backslash_t(given: str) -> None:
+    from tsbatch.cli import _mapping
+
+    opts = {
+        "measurement": "m",
+        "measurement_column": None,
+        "tag_columns": None,
+        "field_columns": "v",
+        "time_column": "time",
+        "time_format": "rfc3339",
+        "timezone": "UTC",
+        "ambiguous": "reject",
+        "delimiter": given,
+        "columns": None,
+    }
+    mapping = _mapping("csv", opts)
+    assert mapping is not None and mapping.delimiter == "\t"
