@@ -62,6 +62,11 @@ MAX_CHUNK_BYTES: Final = 64 << 20
 range is larger: a worker holds its chunk in memory, so ``chunk_lines`` x 1 MiB lines (or a forged
 ``end``) must not be able to kill it. 64 MiB is ~4x a typical 200,000-line chunk."""
 
+PREFLIGHT_ROWS: Final = 1_000
+"""Records of each file the producer maps before enqueueing it (issue 12): a wrong --time-format,
+--timezone or --delimiter fails on every one of them, so the job stops before 1,461 rows fill the
+dead-letter queue; 1,000 rows of 1 KiB are read and mapped in about 10 ms, at most 1 MiB per file."""
+
 MAX_ATTEMPTS: Final = 12
 """Claims of one unit before it is dead-lettered as ``poison``: a unit that kills its process (OOM,
 segfault) never reaches a commit or a Celery retry, so only this durable count in the ledger stops it.

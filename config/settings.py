@@ -214,6 +214,7 @@ class ProducerSettings(_Section):
     max_queue_depth: int = Field(default=constants.MAX_QUEUE_DEPTH, ge=1)
     max_chunk_bytes: int = Field(default=constants.MAX_CHUNK_BYTES, ge=1 << 16)
     queue: str = constants.QUEUE
+    preflight_rows: int = Field(default=constants.PREFLIGHT_ROWS, ge=1)
 
 
 class LedgerSettings(_Section):

@@ -24,6 +24,7 @@ from kombu.exceptions import OperationalError
 from config import Settings
 from config.constants import PLANNING_STALE_S, SCHEMA_VERSION
 from producers import planner
+from producers.preflight import Finding, check_paths
 from tsbatch.descriptor import MAPPED, ChunkDescriptor, Format, Mapping, Precision
 from tsbatch.envelope import TASK_NAME, create_app
 from tsbatch.errors import SourceError
@@ -96,6 +97,8 @@ class Producer:
         A file that cannot be used (outside the roots, missing, bad header) is reported in
         ``rejected_files`` and dead-lettered; the other files go on.
 
+        A CSV mapping with ``columns`` is for files without a header row: their first line is data.
+
         Parquet (``format="parquet"``) takes no ``mapping``: each file's schema gives it, adjusted by
         ``columns``. Its sources may be URLs under ``sources.url_roots`` as well as paths.
         """
@@ -134,6 +137,27 @@ class Producer:
             raise
         self.ledger.finish_planning(sub.job_id)
         return sub
+
+    def preflight(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        format: Format = "lp",
+        mapping: Mapping | None = None,
+        precision: Precision = "ns",
+    ) -> list[Finding]:
+        """What the first ``producer.preflight_rows`` records of each file are worth a word for (see
+        ``producers/preflight.py``); call it before ``submit`` and submit nothing if a finding ``stop``s."""
+        return list(
+            check_paths(
+                paths,
+                roots=self.settings.sources.roots,
+                format=format,
+                precision=precision,
+                mapping=mapping,
+                rows=self.settings.producer.preflight_rows,
+            )
+        )
 
     def _expand(self, paths: Sequence[str | Path], format: Format) -> Iterable[str | Path]:
         if format != "parquet":
@@ -197,12 +221,14 @@ class Producer:
     ) -> Iterator[ChunkDescriptor]:
         resolved = src.path
         ident = planner.identity(src.fd)
-        offset, first_line = 0, 1
-        if format == "csv":
-            assert mapping is not None
-            columns, offset = planner.read_header(src.fd, resolved)
-            mapping = _with_columns(mapping, columns, resolved)
-            first_line = 2
+        offset, first_line = planner.bom_length(src.fd), 1
+        if format == "csv" and mapping is not None:
+            if mapping.columns:  # a file without a header: the names were given (--columns)
+                mapping = _with_columns(mapping, mapping.columns, "--columns")
+            else:
+                columns, offset = planner.read_header(src.fd, resolved, mapping.delimiter)
+                mapping = _with_columns(mapping, columns, f"{resolved}:1: header")
+                first_line = 2
         p = self.settings.producer
         if format == "annotated-csv":
             ranges = planner.scan_annotated(
@@ -374,11 +400,11 @@ class Producer:
         return sub
 
 
-def _with_columns(mapping: Mapping, columns: tuple[str, ...], path: Path) -> Mapping:
+def _with_columns(mapping: Mapping, columns: tuple[str, ...], where: str) -> Mapping:
     wanted = [*mapping.tag_columns, *(f.name for f in mapping.field_columns), mapping.time_column]
     if mapping.measurement_column:
         wanted.append(mapping.measurement_column)
     missing = [c for c in wanted if c not in columns]
     if missing:
-        raise SourceError(f"{path}:1: header lacks column(s) {', '.join(missing)}", reason="bad_header")
+        raise SourceError(f"{where} lacks column(s) {', '.join(missing)}", reason="bad_header")
     return mapping.model_copy(update={"columns": columns})

@@ -46,9 +46,19 @@ def identity(fd: int) -> FileIdentity:
     return FileIdentity(size=st.st_size, mtime_ns=st.st_mtime_ns)
 
 
-def read_header(fd: int, path: str | Path) -> tuple[tuple[str, ...], int]:
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def bom_length(fd: int) -> int:
+    """The length of a UTF-8 byte order mark at the start of the open file ``fd`` (0 if none): the data
+    starts after it, so that the first record does not begin with an invisible character."""
+    return len(UTF8_BOM) if os.pread(fd, len(UTF8_BOM), 0) == UTF8_BOM else 0
+
+
+def read_header(fd: int, path: str | Path, delimiter: str = ",") -> tuple[tuple[str, ...], int]:
     """The CSV header's column names and the byte offset where the data starts (``path`` names the
-    open file ``fd`` in messages)."""
+    open file ``fd`` in messages). A byte order mark is not part of the first name, but its bytes are
+    counted in the offset."""
     block = os.pread(fd, READ_BLOCK_BYTES, 0)
     first = block[: block.find(b"\n") + 1 or len(block)]
     if not first.endswith(b"\n") and len(first) == READ_BLOCK_BYTES:
@@ -57,10 +67,15 @@ def read_header(fd: int, path: str | Path) -> tuple[tuple[str, ...], int]:
         text = first.decode("utf-8-sig").rstrip("\r\n")
     except UnicodeDecodeError:
         raise SourceError(f"{path}:1: header is not UTF-8", reason="bad_header") from None
-    columns = tuple(c.strip() for c in next(csv.reader([text]), []))
+    columns = header_names(text, delimiter)
     if not columns or any(not c for c in columns):
         raise SourceError(f"{path}:1: header has empty column names", reason="bad_header")
     return columns, len(first)
+
+
+def header_names(line: str, delimiter: str = ",") -> tuple[str, ...]:
+    """The column names of a CSV header line (without its line end or byte order mark)."""
+    return tuple(c.strip() for c in next(csv.reader([line], delimiter=delimiter), []))
 
 
 TAPER_FROM_CHUNKS = 2  # the last this-many chunks' worth of a file is cut into halves, quarters, ...

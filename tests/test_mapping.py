@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 
 from tests.conftest import descriptor_for
 from tsbatch.descriptor import FieldKind, FieldSpec, Mapping
+from tsbatch.times import rfc3339_ns
 from workers.lineprotocol import field_converter
-from workers.mapping import RecordEncoder, RowEncoder, _column_texts, rfc3339_ns
+from workers.mapping import RecordEncoder, RowEncoder, _column_texts
 from workers.parsers import batches
 
 MAPPING = Mapping(

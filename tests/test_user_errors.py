@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tsbatch.localstack import free_port, to_toml
 
@@ -131,23 +132,110 @@ def test_redis_down_is_one_line_within_seconds_without_the_password(
     assert elapsed < 5
 
 
-def test_millisecond_timestamps_produced_as_nanoseconds_warn_naming_the_file_and_ms(
+def nothing_recorded(redis_url: str, config: dict[str, Any]) -> bool:
+    """No key of the run's ledger in Redis and nothing in its queue: no job, no unit, no message."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        prefix = config["redis"]["key_prefix"]
+        return not list(client.scan_iter(f"{prefix}*")) and client.llen(config["producer"]["queue"]) == 0
+    finally:
+        client.close()
+
+
+def test_millisecond_timestamps_produced_as_nanoseconds_stop_the_job_naming_the_file_and_ms(
     tmp_path: Path, root: Path, redis_server: str
 ) -> None:
     src = root / "ms.lp"
     src.write_text("".join(f"cpu,host=a v={i} {NS_2024 // 10**6 + i}\n" for i in range(10)))
     ok = root / "ns.lp"
     ok.write_text(f"cpu,host=a v=1 {NS_2024}\n")
+    config = settings(root, redis_server)
 
-    done = tsbatch(tmp_path, settings(root, redis_server), "produce", str(root), "--route", "hot")
+    done = tsbatch(tmp_path, config, "produce", str(root), "--route", "hot")
 
-    assert done.returncode == 0, done.stderr
-    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
-    assert warnings == [
-        f"warning: {src}: timestamps such as {NS_2024 // 10**6} read as 1970-01-01 (before 1971) under "
-        "--precision ns; they look like --precision ms"
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""  # no job id: no job
+    assert done.stderr.splitlines() == [
+        f"error: {src}: timestamps such as {NS_2024 // 10**6} read as 1970-01-01 (before 1971) under "
+        "--precision ns; they look like --precision ms",
+        "nothing was enqueued: fix the options (or the files), or add --no-preflight to produce them as "
+        "they are",
     ]
-    assert "enqueued 2 chunks (11 lines)" in done.stderr  # a warning does not stop the job
+    assert nothing_recorded(redis_server, config)
+
+    anyway = tsbatch(tmp_path, config, "produce", str(root), "--route", "hot", "--no-preflight")
+
+    assert anyway.returncode == 0, anyway.stderr
+    assert "enqueued 2 chunks (11 lines)" in anyway.stderr
+
+
+def test_a_csv_whose_times_are_not_rfc3339_stops_with_the_pattern_that_reads_them(
+    tmp_path: Path, root: Path, redis_server: str
+) -> None:
+    src = root / "noaa.csv"
+    src.write_text("STATION,DATE,TMAX\n" + "".join(f"USW1,2012/01/{d:02d},{d}\n" for d in range(1, 32)))
+    config = settings(root, redis_server)
+    mapping = ("--format", "csv", "--measurement", "w", "--tag-columns", "STATION", "--field-columns", "TMAX")
+
+    done = tsbatch(tmp_path, config, "produce", str(src), "--route", "hot", "--time-column", "DATE", *mapping)
+
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[0] == (
+        f"error: {src}: the first 31 records do not map; line 2: time '2012/01/01' is not RFC 3339 (e.g. "
+        "2024-01-02T03:04:05.123Z); try --time-format '%Y/%m/%d' (these times have no offset: add "
+        "--timezone NAME unless they are UTC)"
+    )
+    assert nothing_recorded(redis_server, config)
+
+    fixed = tsbatch(
+        tmp_path,
+        config,
+        "produce",
+        str(src),
+        "--route",
+        "hot",
+        "--time-column",
+        "DATE",
+        *mapping,
+        "--time-format",
+        "%Y/%m/%d",
+    )
+
+    assert fixed.returncode == 0, fixed.stderr
+    assert "enqueued 1 chunks (31 lines)" in fixed.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--time-format", "%Y/%q"), "time format '%Y/%q': %q cannot be read"),
+        (("--time-format", "%Y", "--timezone", "Mars/Olympus"), "time zone 'Mars/Olympus' is not an IANA"),
+        (("--timezone", "Europe/Berlin"), "--timezone and --ambiguous apply to times without an offset"),
+        (("--delimiter", ";;"), "delimiter ';;': one character"),
+    ],
+)
+def test_time_and_delimiter_options_that_cannot_be_read_stop_the_cli_with_one_line(
+    tmp_path: Path, root: Path, redis_server: str, args: tuple[str, ...], message: str
+) -> None:
+    (root / "a.csv").write_text("time,v\n")
+    done = tsbatch(
+        tmp_path,
+        settings(root, redis_server),
+        "produce",
+        str(root / "a.csv"),
+        "--route",
+        "hot",
+        "--format",
+        "csv",
+        "--measurement",
+        "m",
+        "--field-columns",
+        "v",
+        *args,
+    )
+    assert done.returncode == 1, done.stderr
+    assert message in one_line(done)
 
 
 def test_rfc3339_milliseconds_produced_with_precision_s_warn_that_they_would_be_floored(

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import click
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from config import ConfigError, Settings, load_settings
 from tsbatch.descriptor import FIELD_KINDS, FORMATS, PRECISIONS, FieldSpec, Format, Mapping, Precision
 from tsbatch.errors import RedisUnreachable
 from tsbatch.ledger import JobStatus, check_reachable
 from tsbatch.sources import is_url
+from tsbatch.times import AMBIGUOUS
 
 if TYPE_CHECKING:
     from tsbatch.breaker import RouteGuard, RouteState
@@ -230,8 +231,13 @@ def _mapping(fmt: str, opts: dict[str, Any]) -> Mapping | None:
         raise click.UsageError(f"--format {fmt} needs --field-columns")
     if not (opts["measurement"] or opts["measurement_column"]):
         raise click.UsageError(f"--format {fmt} needs --measurement or --measurement-column")
-    tags = tuple(t.strip() for t in (opts["tag_columns"] or "").split(",") if t.strip())
-    with _user_errors():
+    tags = _names(opts["tag_columns"])
+    if fmt != "csv":
+        given = [o for o in ("columns",) if opts[o]] + (["delimiter"] if opts["delimiter"] != "," else [])
+        if given:
+            raise click.UsageError(f"--{given[0]} is for --format csv")
+    delimiter = "\t" if opts["delimiter"] in ("\\t", "tab") else opts["delimiter"]
+    try:
         return Mapping(
             measurement=opts["measurement"],
             measurement_column=opts["measurement_column"],
@@ -239,7 +245,19 @@ def _mapping(fmt: str, opts: dict[str, Any]) -> Mapping | None:
             field_columns=fields,
             time_column=opts["time_column"],
             time_format=opts["time_format"],
+            timezone=opts["timezone"],
+            ambiguous=opts["ambiguous"],
+            delimiter=delimiter,
+            columns=_names(opts["columns"]),
         )
+    except ValidationError as e:  # one line per problem, without pydantic's decoration
+        raise click.ClickException(
+            "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())
+        ) from None
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(n.strip() for n in (text or "").split(",") if n.strip())
 
 
 @main.command()
@@ -276,10 +294,38 @@ def _mapping(fmt: str, opts: dict[str, Any]) -> Mapping | None:
 @click.option("--time-column", default="time", show_default=True)
 @click.option(
     "--time-format",
-    type=click.Choice(["rfc3339", "epoch"]),
     default="rfc3339",
     show_default=True,
-    help="epoch values are in --precision units.",
+    help="CSV/JSONL: rfc3339, epoch (integers in --precision units), or a strftime pattern such as "
+    "'%Y/%m/%d %H:%M' or '%b %d %Y'.",
+)
+@click.option(
+    "--timezone",
+    default="UTC",
+    show_default=True,
+    help="With a --time-format pattern without %z: the IANA zone its times are local to "
+    "(America/Los_Angeles). A time the clocks skip is refused.",
+)
+@click.option(
+    "--ambiguous",
+    type=click.Choice(AMBIGUOUS),
+    default="reject",
+    show_default=True,
+    help="A local time that occurs twice (the hour repeated when clocks go back): refuse the row, or "
+    "take its earliest or latest occurrence.",
+)
+@click.option(
+    "--delimiter",
+    default=",",
+    show_default=True,
+    help="CSV: the one character between fields; '\\t' for a tab.",
+)
+@click.option("--columns", help="CSV without a header row: the column names, a,b,c (the first line is data).")
+@click.option(
+    "--no-preflight",
+    is_flag=True,
+    help="Do not map the first rows of each file before enqueueing (producer.preflight_rows), nor stop "
+    "when none maps.",
 )
 @click.option(
     "--wait", is_flag=True, help="Show progress until the job is done; exit 1 if anything was rejected."
@@ -305,6 +351,7 @@ def produce(
     timeout: float | None,
     retry_dead: bool,
     as_json: bool,
+    no_preflight: bool,
     **opts: Any,
 ) -> None:
     """Plan PATHS into chunks and enqueue them; print the job id.
@@ -319,19 +366,13 @@ def produce(
     columns = _parquet_columns(opts) if fmt == "parquet" else None
     files = _sources(paths, fmt)
     producer = _producer(settings)  # first: Redis down is reported before Celery is even imported
-    from producers import new_job_id, preflight
+    from producers import new_job_id
 
     with producer, _user_errors():
+        if not no_preflight:
+            _preflight(producer, files, cast(Format, fmt), cast(Precision, precision), mapping)
         job_id = new_job_id()
         click.echo(job_id)  # first, so that a long planning run can be followed (and named) at once
-        for warning in preflight.check_paths(
-            files,
-            roots=settings.sources.roots,
-            format=cast(Format, fmt),
-            precision=cast(Precision, precision),
-            mapping=mapping,
-        ):
-            click.echo(f"warning: {warning}", err=True)
         sub = producer.submit(
             files,
             route=route,
@@ -370,6 +411,31 @@ def produce(
             click.echo(problem, err=True)
         if status.failed or problem:
             sys.exit(1)
+
+
+PREFLIGHT_EXIT = 2  # as a usage error: the options do not fit the files, and nothing was done
+
+
+def _preflight(
+    producer: Any, files: list[str], fmt: Format, precision: Precision, mapping: Mapping | None
+) -> None:
+    """Map the first records of every file before anything is enqueued: print the warnings; if the
+    records of any file do not map, say why and what to try, and exit 2 with nothing enqueued."""
+    stops = []
+    for found in producer.preflight(files, format=fmt, precision=precision, mapping=mapping):
+        if found.stop:
+            stops.append(found.text)
+        else:
+            click.echo(f"warning: {_printable(found.text)}", err=True)
+    if stops:
+        for text in stops:
+            click.echo(f"error: {_printable(text)}", err=True)
+        click.echo(
+            "nothing was enqueued: fix the options (or the files), or add --no-preflight to produce them "
+            "as they are",
+            err=True,
+        )
+        sys.exit(PREFLIGHT_EXIT)
 
 
 def _wait_with_bar(producer: Any, job_id: str, total: int, timeout: float | None = None) -> JobStatus:

@@ -22,11 +22,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from config.constants import SCHEMA_VERSION
+from tsbatch.times import NAMED_FORMATS, Ambiguous, has_offset, pattern_problem, zone
 
 Format = Literal["lp", "csv", "jsonl", "annotated-csv", "parquet"]
 Precision = Literal["ns", "us", "ms", "s"]
 FieldKind = Literal["float", "int", "uint", "string", "bool"]
-TimeFormat = Literal["rfc3339", "epoch"]
+TimeFormat = str  # "rfc3339", "epoch" or a strftime pattern such as "%Y/%m/%d %H:%M" (tsbatch/times.py)
 
 FORMATS: tuple[Format, ...] = ("lp", "csv", "jsonl", "annotated-csv", "parquet")
 MAPPED: tuple[Format, ...] = ("csv", "jsonl")  # the formats that need a Mapping
@@ -59,8 +60,15 @@ class Mapping(_Frozen):
     field_columns: tuple[FieldSpec, ...] = ()
     time_column: str = "time"
     time_format: TimeFormat = "rfc3339"
-    # CSV only: the header row, read once by the producer so every chunk can be parsed on its own.
+    # CSV only: the header row, read once by the producer so every chunk can be parsed on its own (or
+    # given with --columns for a file without one).
     columns: tuple[str, ...] = ()
+    # Added by issue 12, left out of the descriptor at their defaults (``MAPPING_DEFAULTS``) so that the
+    # keys of every mapping that does not use them stay as they were. ``timezone`` and ``ambiguous``:
+    # how a strftime pattern's times without an offset are read; ``delimiter``: CSV's one character.
+    timezone: str = "UTC"
+    ambiguous: Ambiguous = "reject"
+    delimiter: str = ","
 
     @model_validator(mode="after")
     def _complete(self) -> Mapping:
@@ -74,7 +82,22 @@ class Mapping(_Frozen):
             writable_name("tag key", tag)
         for spec in self.field_columns:
             writable_name("field key", spec.name)
+        self._check_time()
+        if len(self.delimiter) != 1 or self.delimiter in '"\r\n':
+            raise ValueError(f"delimiter {self.delimiter!r}: one character, not a quote or a line end")
         return self
+
+    def _check_time(self) -> None:
+        if self.time_format not in NAMED_FORMATS:
+            problem = pattern_problem(self.time_format)
+            if problem:
+                raise ValueError(problem)
+        zone(self.timezone)
+        if has_offset(self.time_format) and (self.timezone != "UTC" or self.ambiguous != "reject"):
+            raise ValueError(
+                f"--timezone and --ambiguous apply to times without an offset: '{self.time_format}' "
+                "times carry their own"
+            )
 
 
 def writable_name(kind: str, raw: str) -> None:
@@ -87,6 +110,9 @@ def writable_name(kind: str, raw: str) -> None:
         raise ValueError(f"{kind} '{raw}' ends with a backslash")
     if kind == "measurement" and raw.startswith("#"):
         raise ValueError(f"measurement '{raw}' starts with '#' (a comment line)")
+
+
+MAPPING_DEFAULTS: dict[str, object] = {"timezone": "UTC", "ambiguous": "reject", "delimiter": ","}
 
 
 class ChunkDescriptor(_Frozen):
@@ -140,7 +166,10 @@ class ChunkDescriptor(_Frozen):
             for name, empty in (("table_context", ""), ("row_groups", None), ("source_version", ""))
             if getattr(self, name) == empty
         }
-        return self.model_dump(mode="json", exclude=unused or None)
+        body = self.model_dump(mode="json", exclude=unused or None)
+        if body.get("mapping"):
+            body["mapping"] = {k: v for k, v in body["mapping"].items() if MAPPING_DEFAULTS.get(k, ...) != v}
+        return body
 
     def content_key(self) -> str:
         """The idempotency key derived from the descriptor's content (everything but job and key)."""

@@ -7,12 +7,13 @@ import math
 import operator
 import re
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from datetime import date
 from itertools import repeat
 from typing import Final, TypeVar
 
 from tsbatch.annotated_csv import Row, Schema
 from tsbatch.descriptor import FieldKind, Mapping, Precision, writable_name
+from tsbatch.times import NS_PER as NS_PER  # re-exported: workers/arrowlines.py reads it here
+from tsbatch.times import TimeParser, time_parser
 from workers.lineprotocol import (
     convert_field,
     escape_key,
@@ -24,40 +25,6 @@ from workers.lineprotocol import (
 
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
-NS_PER: dict[Precision, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d\d):(\d\d))"
-)
-
-
-def rfc3339_ns(text: str) -> int:
-    """Exact nanoseconds since the epoch (datetime would round to microseconds)."""
-    m = _RFC3339.fullmatch(text.strip())
-    if m is None:
-        raise ValueError(f"time '{text}' is not RFC 3339 (e.g. 2024-01-02T03:04:05.123Z)")
-    y, mo, d, h, mi, s = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    if h > 23 or mi > 59 or s > 59:
-        raise ValueError(f"time '{text}' is out of range")
-    days = date(y, mo, d).toordinal() - _EPOCH_ORDINAL  # raises ValueError for 2024-02-30
-    secs = days * 86_400 + h * 3_600 + mi * 60 + s
-    if m.group(9):
-        offset = int(m.group(10)) * 3_600 + int(m.group(11)) * 60
-        secs -= offset if m.group(9) == "+" else -offset
-    return secs * 1_000_000_000 + int((m.group(7) or "").ljust(9, "0"))
-
-
-def _epoch(value: object) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"time {value!r} is not an integer epoch")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    text = str(value).strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    raise ValueError(f"time '{value}' is not an integer epoch")
 
 
 def _field_value(value: object, kind: FieldKind) -> str | None:
@@ -111,14 +78,10 @@ class RecordEncoder:
             for f in sorted(mapping.field_columns, key=lambda f: f.name)
         ]
         self.time_column = mapping.time_column
-        self.divisor = NS_PER[precision]
-        self.parse_time: Callable[[object], int] = (
-            self._rfc3339 if mapping.time_format == "rfc3339" else _epoch
+        # The one function every row's time goes through (tsbatch/times.py), built once per chunk.
+        self.parse_time: TimeParser = time_parser(
+            mapping.time_format, precision, timezone=mapping.timezone, ambiguous=mapping.ambiguous
         )
-
-    def _rfc3339(self, value: object) -> int:
-        ns = rfc3339_ns(str(value))
-        return ns // self.divisor
 
     def encode(self, record: dict[str, object]) -> str:
         measurement = self.measurement or self._measurement(record.get(str(self.measurement_column)))
@@ -173,7 +136,7 @@ class RowEncoder:
     same order, so a row is refused with the same reason.
     """
 
-    def __init__(self, records: RecordEncoder, columns: Sequence[str]) -> None:
+    def __init__(self, records: RecordEncoder, columns: Sequence[str], *, delimiter: str = ",") -> None:
         index = {c: i for i, c in enumerate(columns)}  # a repeated name reads its last column, as dict(zip)
         self.records = records
         self.measurement_at = index[records.measurement_column] if records.measurement_column else -1
@@ -183,6 +146,7 @@ class RowEncoder:
         self.time_at = index[records.time_column]
         self.tag_positions = tuple(index[column] for _, column in records.tags)
         self.width = len(columns)
+        self.delimiter = delimiter
         self._tag_sets: dict[tuple[str, ...], str] = {}
         self._last_stamp: str | None = None
         self._last_time = 0
@@ -217,13 +181,13 @@ class RowEncoder:
         and timestamps once per distinct value, and the lines joined from the columns: about 3x faster
         than ``encode`` per row (issue #4). ``tests/test_mapping.py`` checks the lines are the same.
         """
-        measurement, width = self.records.measurement, self.width
+        measurement, width, delimiter = self.records.measurement, self.width, self.delimiter
         if measurement is None or width < 2 or not lines:
             return None
         text = "\n".join(lines)
-        if '"' in text or "\r" in text or set(map(str.count, lines, repeat(","))) != {width - 1}:
+        if '"' in text or "\r" in text or set(map(str.count, lines, repeat(delimiter))) != {width - 1}:
             return None
-        cells = text.replace("\n", ",").split(",")
+        cells = text.replace("\n", delimiter).split(delimiter)
         parts: list[Iterable[str]] = [repeat(measurement), self._tag_column(cells)]
         for i, (key, at, _, kind, convert) in enumerate(self.fields):
             column = cells[at::width]

@@ -8,7 +8,6 @@ text) and the rest of the chunk goes on.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -17,6 +16,7 @@ from tsbatch.descriptor import ChunkDescriptor
 from tsbatch.errors import FluxQueryError, SourceError
 from tsbatch.ledger import RejectedLine
 from tsbatch.newlines import nth_newline
+from tsbatch.records import csv_cells, json_record
 from workers.lineprotocol import valid_block, validate_line
 from workers.mapping import AnnotatedRowEncoder, RecordEncoder, RowEncoder
 
@@ -62,12 +62,11 @@ def _lp_encoder() -> Encoder:
 def _csv_encoder(desc: ChunkDescriptor) -> Encoder:
     assert desc.mapping is not None
     records = RecordEncoder(desc.mapping, desc.precision)
-    columns = desc.mapping.columns
+    columns, delimiter = desc.mapping.columns, desc.mapping.delimiter
     rows = RowEncoder(records, columns) if RowEncoder.covers(records, columns) else None
 
     def encode(line: str) -> str:
-        # One reader per quoted line: a stray quote must not swallow the following lines.
-        row = next(csv.reader((line,), strict=True)) if '"' in line else line.split(",")
+        row = csv_cells(line, delimiter)
         if len(row) != len(columns):
             raise ValueError(f"{len(row)} columns, header has {len(columns)}")
         if rows is not None:
@@ -82,13 +81,7 @@ def _jsonl_encoder(desc: ChunkDescriptor) -> Encoder:
     records = RecordEncoder(desc.mapping, desc.precision)
 
     def encode(line: str) -> str:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"invalid JSON: {e.msg} at column {e.colno}") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"a JSON {type(record).__name__}, not an object")
-        return records.encode(record)
+        return records.encode(json_record(line))
 
     return encode
 
@@ -102,7 +95,9 @@ def block_encoder_for(desc: ChunkDescriptor) -> BlockEncoder | None:
         return None
     records = RecordEncoder(desc.mapping, desc.precision)
     columns = desc.mapping.columns
-    return RowEncoder(records, columns).encode_block if RowEncoder.covers(records, columns) else None
+    if not RowEncoder.covers(records, columns):
+        return None
+    return RowEncoder(records, columns, delimiter=desc.mapping.delimiter).encode_block
 
 
 def encoder_for(desc: ChunkDescriptor) -> Encoder:
@@ -288,6 +283,8 @@ def batches(data: bytes, desc: ChunkDescriptor, *, batch_lines: int, max_line_by
         return
     data = data[:end]
     text = _utf8(data)
+    if text is not None and "\r\n" in text:
+        text = text.replace("\r\n", "\n")  # CRLF files take the batch path too (a line's \r is cut anyway)
     encode_block = block_encoder_for(desc)
     if encode_block is not None and text is not None:
         yield from _text_batches(text, desc.first_line, batch_lines, check, encode_block)
