@@ -357,6 +357,9 @@ class FlowerSettings(_Section):
     address: str = "127.0.0.1"
     user: str = "admin"
     password: SecretStr | None = None
+    # Signs Flower's cookies; set one value for every Flower behind a load balancer. Unset: a random one
+    # per start (sessions end with a restart, which is all basic authentication needs).
+    cookie_secret: SecretStr | None = None
 
 
 class MetricsSettings(_Section):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shlex
 import sys
 from collections.abc import Iterator
@@ -145,6 +146,10 @@ def flower(port: int | None, address: str | None) -> None:
     # FLOWER_BASIC_AUTH or --basic_auth: both are split on commas (issue #8). Never in argv (`ps`).
     os.environ.pop("FLOWER_BASIC_AUTH", None)
     os.environ["TSBATCH_FLOWER_CREDENTIAL"] = credential
+    cookie = settings.flower.cookie_secret
+    os.environ["TSBATCH_FLOWER_COOKIE_SECRET"] = (
+        cookie.get_secret_value() if cookie else secrets.token_hex(32)
+    )
     app.start(
         [
             "flower",

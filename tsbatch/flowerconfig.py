@@ -11,3 +11,4 @@ executing a ``flowerconfig.py`` that happens to lie in the current directory.
 import os
 
 basic_auth = [os.environ.pop("TSBATCH_FLOWER_CREDENTIAL")]
+cookie_secret = os.environ.pop("TSBATCH_FLOWER_COOKIE_SECRET")
