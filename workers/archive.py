@@ -71,19 +71,13 @@ def build_table(blocks: list[Block], measurement: str, pinned: dict[str, Any]) -
     # duplicates): the points are then runs of sorted times that the stable sort below merges quickly.
     blocks = sorted(blocks, key=lambda b: series_of[b.tags])
     sizes = np.fromiter((len(b.times_ns) for b in blocks), dtype=np.int64, count=len(blocks))
-    series = np.repeat(np.fromiter((series_of[b.tags] for b in blocks), np.int64, len(blocks)), sizes)
+    series = np.repeat(np.fromiter((series_of[b.tags] for b in blocks), np.int32, len(blocks)), sizes)
     stamps = np.concatenate([b.times_ns for b in blocks]) if blocks else np.array([], np.int64)
-    # Rows: the distinct (series, time) pairs, in that order; row_of: each point's row.
-    order = _series_time_order(series, stamps, len(tagsets))
-    s_sorted, t_sorted = series[order], stamps[order]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = (s_sorted[1:] != s_sorted[:-1]) | (t_sorted[1:] != t_sorted[:-1])
-    row_of = np.empty(len(order), dtype=np.int64)
-    row_of[order] = np.cumsum(first) - 1
-    row_series = s_sorted[first]
+    row_of, row_series, row_times = _rows(series, stamps, len(tagsets))
+    del series, stamps
     n = len(row_series)
     arrays: dict[str, pa.Array] = {
-        "time": pa.array(t_sorted[first], pa.timestamp("ns", tz="UTC")),
+        "time": pa.array(row_times, pa.timestamp("ns", tz="UTC")),
         "measurement": pa.DictionaryArray.from_arrays(np.zeros(n, dtype=np.int32), pa.array([measurement])),
     }
     for k in tag_keys:
@@ -111,18 +105,35 @@ def build_table(blocks: list[Block], measurement: str, pinned: dict[str, Any]) -
     return pa.table(arrays)
 
 
-def _series_time_order(
+def _rows(
     series: np.ndarray[Any, Any], stamps: np.ndarray[Any, Any], count: int
-) -> np.ndarray[Any, Any]:
-    """The points' order by series, then time: one stable sort (a merge of sorted runs) of a single key,
-    series x span + time, when it fits in 63 bits, as it does for any window shorter than years; a
-    sort on two keys otherwise."""
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Each point's row, the rows being the distinct (series, time) pairs in that order; and each row's
+    series and time. One stable sort (a merge of the blocks' sorted runs) of a single key, series x span
+    + time, when it fits in 63 bits, as it does for any window shorter than years; two keys otherwise."""
     if not len(stamps):
-        return np.array([], dtype=np.int64)
+        return np.array([], np.int64), np.array([], np.int64), np.array([], np.int64)
     low, span = int(stamps.min()), int(stamps.max()) - int(stamps.min()) + 1
+    first = np.ones(len(stamps), dtype=bool)
     if count * span < 1 << 63:
-        return np.argsort(series * span + (stamps - low), kind="stable")
-    return np.lexsort((stamps, series))
+        key = stamps - low
+        key += series.astype(np.int64) * span
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        np.not_equal(key[1:], key[:-1], out=first[1:])
+        starts = key[first]
+        del key
+        row_series, row_times = starts // span, starts % span + low
+    else:
+        order = np.lexsort((stamps, series))
+        s, t = series[order], stamps[order]
+        first[1:] = (s[1:] != s[:-1]) | (t[1:] != t[:-1])
+        row_series, row_times = s[first].astype(np.int64), t[first]
+    ranks = np.cumsum(first, dtype=np.int64)
+    ranks -= 1
+    row_of = np.empty(len(order), dtype=np.int64)
+    row_of[order] = ranks
+    return row_of, row_series, row_times
 
 
 _TYPES = {"double": pa.float64(), "long": pa.int64(), "boolean": pa.bool_(), "string": pa.string()}
@@ -134,10 +145,12 @@ def _field_column(rows: np.ndarray[Any, Any], values: np.ndarray[Any, Any], n: i
     if not len(rows):
         return pa.nulls(n, _TYPES[typ])
     # A duplicate (same series, field and time) keeps the last value read, as InfluxDB keeps the last write.
-    order = np.argsort(rows, kind="stable")
-    rows, values = rows[order], values[order]
-    last = np.append(rows[1:] != rows[:-1], True)
-    pos, values = rows[last], values[last]
+    if not (rows[1:] > rows[:-1]).all():  # else: in row order, without duplicates (the usual case)
+        order = np.argsort(rows, kind="stable")
+        rows, values = rows[order], values[order]
+        last = np.append(rows[1:] != rows[:-1], True)
+        rows, values = rows[last], values[last]
+    pos = rows
     if typ == "double":
         out = np.zeros(n, dtype=np.float64)
         out[pos] = values.astype(np.float64)
