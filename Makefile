@@ -27,6 +27,7 @@ setup: system-packages $(VENV)/.installed
 system-packages:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
 	command -v victoria-metrics >/dev/null 2>&1 || command -v victoria-metrics-prod >/dev/null 2>&1 \
 		|| missing="$$missing victoria-metrics"; \
 	PATH="$$PATH:/usr/sbin:/sbin"; \

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -29,6 +30,9 @@ from tsbatch.errors import SourceError
 from tsbatch.ledger import DeadLetter, JobStatus, now_ms, open_ledger, unreachable
 from tsbatch.sources import Source, open_source
 from tsbatch.windows import WindowDescriptor
+
+if TYPE_CHECKING:
+    from producers.parquet import ParquetColumns
 
 BACKPRESSURE_POLL_S = 0.2
 WAIT_POLL_S = 1.0  # a backstop only: commits wake ``wait`` through the job's pub/sub channel
@@ -76,6 +80,7 @@ class Producer:
         format: Format = "lp",
         mapping: Mapping | None = None,
         precision: Precision = "ns",
+        columns: ParquetColumns | None = None,
         job_id: str | None = None,
         retry_dead: bool = False,
         on_chunk: Callable[[Submission], None] | None = None,
@@ -90,17 +95,22 @@ class Producer:
 
         A file that cannot be used (outside the roots, missing, bad header) is reported in
         ``rejected_files`` and dead-lettered; the other files go on.
+
+        Parquet (``format="parquet"``) takes no ``mapping``: each file's schema gives it, adjusted by
+        ``columns``. Its sources may be URLs under ``sources.url_roots`` as well as paths.
         """
         self.settings.route(route)  # an unknown route is the user's mistake: stop before any work
         if format in MAPPED and mapping is None:
             raise ValueError(f"format {format} needs a mapping (measurement, fields, time column)")
         if format not in MAPPED and mapping is not None:
             raise ValueError(f"format {format} takes no mapping")
+        if format != "parquet" and columns is not None:
+            raise ValueError(f"format {format} takes no parquet columns")
         sub = Submission(job_id or new_job_id())
         self.connect_broker()
         self.ledger.create_job(sub.job_id, route=route, paths=[str(p) for p in paths])
         try:
-            for path in planner.expand(paths):
+            for path in self._expand(paths, format):
                 self.ledger.planning(sub.job_id, str(path))
                 try:
                     for desc in self.plan(
@@ -110,6 +120,7 @@ class Producer:
                         format=format,
                         mapping=mapping,
                         precision=precision,
+                        columns=columns,
                     ):
                         self._enqueue(desc, sub, retry_dead=retry_dead)
                         if on_chunk:
@@ -124,7 +135,14 @@ class Producer:
         self.ledger.finish_planning(sub.job_id)
         return sub
 
-    def _reject_file(self, sub: Submission, path: Path, route: str, err: SourceError) -> None:
+    def _expand(self, paths: Sequence[str | Path], format: Format) -> Iterable[str | Path]:
+        if format != "parquet":
+            return planner.expand(paths)
+        from producers import parquet
+
+        return parquet.expand(paths, self.settings.sources.url_roots)
+
+    def _reject_file(self, sub: Submission, path: str | Path, route: str, err: SourceError) -> None:
         sub.rejected_files.append(f"{path}: {err}")
         entry = {
             "reason": err.reason,
@@ -138,17 +156,30 @@ class Producer:
 
     def plan(
         self,
-        path: Path,
+        path: str | Path,
         *,
         job_id: str,
         route: str,
         format: Format = "lp",
         mapping: Mapping | None = None,
         precision: Precision = "ns",
+        columns: ParquetColumns | None = None,
     ) -> Iterator[ChunkDescriptor]:
         """The descriptors of one file, streamed; raises ``SourceError`` if the file cannot be used.
 
         The file is opened once and read through that descriptor, never by name again (issue #8)."""
+        if format == "parquet":
+            from producers import parquet
+
+            yield from parquet.descriptors(
+                path,
+                settings=self.settings,
+                job_id=job_id,
+                route=route,
+                precision=precision,
+                columns=columns or parquet.ParquetColumns(),
+            )
+            return
         with open_source(path, self.settings.sources.roots) as src:
             yield from self._descriptors(
                 src, job_id=job_id, route=route, format=format, mapping=mapping, precision=precision

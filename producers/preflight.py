@@ -209,7 +209,9 @@ def check_paths(
 ) -> Iterator[str]:
     """One warning per file worth one, among the files the producer will plan: a directory stands for
     the files below it (as in ``Producer.submit``); a file outside the roots is not read (planning
-    rejects it)."""
+    rejects it). Parquet's times are typed: nothing to guess."""
+    if format == "parquet":
+        return
     for path in expand(paths):
         warning = check_file(path, roots=roots, format=format, precision=precision, mapping=mapping)
         if warning:

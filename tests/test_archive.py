@@ -314,3 +314,32 @@ def test_delete_after_archive_deletes_each_window_once_archived_never_by_field(
     assert int(marks["pruned"]) <= int(marks["watermark"])
     assert len(deletes()) == (int(marks["pruned"]) - first) // every
     assert len({json.loads(r["body"])["start"] for r in deletes()}) == len(deletes())  # none twice
+
+
+def test_archived_windows_restored_into_a_fresh_server_give_identical_series(
+    make_stack: Any, data_dir: Path
+) -> None:
+    stack = make_stack(routes=("hot", "fresh"))
+    write_raw(stack.routes["hot"].url, hosts=6, start=T0, seconds=2 * EVERY, step=7)
+    add_archive(stack, f"file://{data_dir / 'archive'}")
+    stack.start_worker(concurrency=2)
+    r = cli(stack, "backfill", "cpu_archive", "--from", iso(T0), "--to", iso(T0 + 2 * EVERY), "--wait")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    files = sorted(str(p) for p in (data_dir / "archive").rglob("*.parquet"))
+    assert len(files) == 2
+    restored = cli(stack, "produce", *files, "--format", "parquet", "--route", "fresh", "--wait", "--json")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+
+    def series(url: str) -> dict[tuple[str, str, str], list[tuple[int, float]]]:
+        from tsbatch.localstack import vm_export_settled, vm_rows_inserted
+
+        out = {}
+        for row in vm_export_settled(url, expect_samples=vm_rows_inserted(url)):
+            m = row["metric"]
+            out[(m["__name__"], m["host"], m["region"])] = sorted(
+                zip(row["timestamps"], row["values"], strict=True)
+            )
+        return out
+
+    assert series(stack.routes["fresh"].url) == series(stack.routes["hot"].url)

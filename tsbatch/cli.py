@@ -2,6 +2,7 @@
 
 tsbatch worker --concurrency 2
 tsbatch produce /srv/telemetry/*.lp --route hot --wait
+tsbatch produce s3://archive/cpu/ --format parquet --route hot
 tsbatch status JOB
 tsbatch dlq list --job JOB
 tsbatch routes
@@ -27,6 +28,7 @@ from config import ConfigError, Settings, load_settings
 from tsbatch.descriptor import FIELD_KINDS, FORMATS, PRECISIONS, FieldSpec, Format, Mapping, Precision
 from tsbatch.errors import RedisUnreachable
 from tsbatch.ledger import JobStatus, check_reachable
+from tsbatch.sources import is_url
 
 if TYPE_CHECKING:
     from tsbatch.breaker import RouteGuard, RouteState
@@ -164,6 +166,35 @@ def _field_specs(text: str | None) -> tuple[FieldSpec, ...]:
     return tuple(specs)
 
 
+def _parquet_columns(opts: dict[str, Any]) -> Any:
+    """``--format parquet``'s column options (None where the file's schema decides)."""
+    from producers.parquet import ParquetColumns
+
+    def names(option: str) -> tuple[str, ...] | None:
+        text = opts[option]
+        if text is None:
+            return None
+        if ":" in text:
+            flag = "--" + option.replace("_", "-")
+            raise click.UsageError(f"--format parquet: {flag} takes column names; the file's types are used")
+        return tuple(n.strip() for n in text.split(",") if n.strip())
+
+    return ParquetColumns(
+        measurement=opts["measurement"],
+        measurement_column=opts["measurement_column"] or "measurement",
+        tag_columns=names("tag_columns"),
+        field_columns=names("field_columns"),
+        time_column=opts["time_column"],
+    )
+
+
+def _sources(paths: tuple[str, ...], fmt: str) -> list[str]:
+    """Paths made absolute; URLs as they are (Parquet only)."""
+    if fmt != "parquet" and any(is_url(p) for p in paths):
+        raise click.UsageError("URLs are read with --format parquet only")
+    return [p if is_url(p) else os.path.abspath(p) for p in paths]
+
+
 def _mapping(fmt: str, opts: dict[str, Any]) -> Mapping | None:
     if fmt == "annotated-csv":
         given = [o for o in ("measurement", "measurement_column", "tag_columns", "field_columns") if opts[o]]
@@ -174,7 +205,7 @@ def _mapping(fmt: str, opts: dict[str, Any]) -> Mapping | None:
                 "tag columns say what each value is"
             )
         return None
-    if fmt == "lp":
+    if fmt in ("lp", "parquet"):
         return None
     fields = _field_specs(opts["field_columns"])
     if not fields:
@@ -203,7 +234,8 @@ def _mapping(fmt: str, opts: dict[str, Any]) -> Mapping | None:
     default="lp",
     show_default=True,
     help="annotated-csv: an InfluxDB export (influx query --raw); its columns name measurement, field, "
-    "value, time and tags, so it takes no mapping options.",
+    "value, time and tags, so it takes no mapping options. parquet: one row per point (time, measurement, "
+    "tag and field columns; the file's schema maps it); PATHS may be URLs under sources.url_roots.",
 )
 @click.option(
     "--precision",
@@ -214,10 +246,15 @@ def _mapping(fmt: str, opts: dict[str, Any]) -> Mapping | None:
     "precision written: RFC 3339 times are floored to it. A warning names files whose first "
     "timestamps look like another unit.",
 )
-@click.option("--measurement", help="CSV/JSONL: measurement name for every record.")
-@click.option("--measurement-column", help="CSV/JSONL: column holding the measurement.")
-@click.option("--tag-columns", help="CSV/JSONL: a,b,c")
-@click.option("--field-columns", help="CSV/JSONL: x:float,n:int,u:uint,s:string,ok:bool")
+@click.option("--measurement", help="CSV/JSONL/Parquet: measurement name for every record.")
+@click.option(
+    "--measurement-column", help="CSV/JSONL: column holding the measurement (Parquet: 'measurement')."
+)
+@click.option("--tag-columns", help="CSV/JSONL: a,b,c (Parquet: instead of what the file says)")
+@click.option(
+    "--field-columns",
+    help="CSV/JSONL: x:float,n:int,u:uint,s:string,ok:bool (Parquet: names only, typed by the file)",
+)
 @click.option("--time-column", default="time", show_default=True)
 @click.option(
     "--time-format",
@@ -261,7 +298,8 @@ def produce(
     with _user_errors():
         settings.route(route)  # a wrong route name stops the command before any file is read
     mapping = _mapping(fmt, opts)
-    files = [os.path.abspath(p) for p in paths]
+    columns = _parquet_columns(opts) if fmt == "parquet" else None
+    files = _sources(paths, fmt)
     producer = _producer(settings)  # first: Redis down is reported before Celery is even imported
     from producers import new_job_id, preflight
 
@@ -282,6 +320,7 @@ def produce(
             format=cast(Format, fmt),
             mapping=mapping,
             precision=cast(Precision, precision),
+            columns=columns,
             job_id=job_id,
             retry_dead=retry_dead,
         )
@@ -368,13 +407,23 @@ def _print_summary(status: JobStatus, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", required=False)
 @click.option("--json", "as_json", is_flag=True)
-def status(job: str, as_json: bool) -> None:
-    """Chunks pending / committed / dead-lettered and points written for JOB."""
+@click.option("--watch", is_flag=True, help="With JOB: follow it until it is done.")
+@click.option("--once", is_flag=True, help="Without JOB: one snapshot, even on a terminal.")
+def status(job: str | None, as_json: bool, watch: bool, once: bool) -> None:
+    """Without JOB: every running job, route, worker node and scheduled job, live on a terminal
+    (refreshed every second; plain text otherwise, --json for scripts). With JOB: that job's chunks
+    pending / committed / dead-lettered and points written (--watch follows it)."""
+    if job is None:
+        _system_status(as_json, once)
+        return
     with _producer() as producer:
         st = producer.status(job)
         problem = producer.planning_problem(st)
+        if st.exists and watch and not st.done:
+            st = _wait_with_bar(producer, job, st.units)
+            problem = producer.planning_problem(st)
     if not st.exists:
         raise click.ClickException(f"no job {job}")
     if as_json:
@@ -383,6 +432,30 @@ def status(job: str, as_json: bool) -> None:
     _print_summary(st, as_json)
     if problem:
         click.echo(problem, err=True)
+
+
+def _system_status(as_json: bool, once: bool) -> None:
+    import time
+
+    from tsbatch.statusview import plain, rich_view, snapshot
+
+    with _route_guard() as (settings, guard), _producer(settings) as producer:
+        snap = snapshot(settings, producer.ledger, guard)
+        if as_json or once or not sys.stdout.isatty():
+            time.sleep(1)  # a second snapshot gives the rates
+            snap = snapshot(settings, producer.ledger, guard, snap)
+            click.echo(json.dumps(snap.as_json()) if as_json else plain(snap))
+            return
+        from rich.live import Live
+
+        with Live(rich_view(snap), refresh_per_second=4, screen=False) as live:
+            try:
+                while True:
+                    time.sleep(1)
+                    snap = snapshot(settings, producer.ledger, guard, snap)
+                    live.update(rich_view(snap))
+            except KeyboardInterrupt:
+                return
 
 
 @main.group()
@@ -575,7 +648,7 @@ def routes_clear(name: str, as_json: bool) -> None:
 
 # The window, lifecycle and bucket commands register themselves on ``main`` (modules of their own:
 # cli.py stays one idea).
-from tsbatch import cli_buckets, cli_lifecycle, cli_windows  # noqa: E402, F401
+from tsbatch import cli_audit, cli_buckets, cli_lifecycle, cli_windows  # noqa: E402, F401
 
 if __name__ == "__main__":
     # Run as ``python -m tsbatch.cli``, this file is ``__main__``: the window commands registered on the

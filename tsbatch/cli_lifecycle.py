@@ -27,13 +27,17 @@ def archive() -> None:
 
 def check_file(row: WindowRow) -> str:
     """Why an archived window's file no longer matches its commit record ("" if it does)."""
+    return check_archive(row.record)
+
+
+def check_archive(rec: dict[str, Any]) -> str:
+    """Why an archive file no longer matches the commit record ``rec`` ("" if it does)."""
     import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from tsbatch.archives import file_sha256, table_digest
 
-    rec = row.record
     path = rec.get("archive_path", "")
     if not path:
         return "no archive file in its commit record"

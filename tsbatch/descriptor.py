@@ -1,12 +1,15 @@
 """The chunk descriptor: the only thing producers and workers exchange.
 
-A descriptor says where a chunk of data is (a file and a line-aligned byte range), how to map it to
-points, which route receives it (a name from the settings, never a URL or token) and its idempotency
-key. The data itself never travels through Redis.
+A descriptor says where a chunk of data is (a file and a line-aligned byte range, or a Parquet file's
+run of row groups), how to map it to points, which route receives it (a name from the settings, never
+a URL or token) and its idempotency key. The data itself never travels through Redis.
 
 The key is a SHA-256 over everything that decides what the chunk writes: the source's identity
 (resolved path, size, mtime and the chunk's own SHA-256), the byte range, the format and mapping,
-the route and the precision. The job id is deliberately left out: a job is a request to do work, and
+the route and the precision. A Parquet chunk adds its row groups and, read from a URL, the object's
+version (ETag or mtime); its ``chunk_sha256`` covers the file's footer and, for a local file, the
+row groups' bytes (an object in a store is not downloaded to plan it: its size, version and footer
+pin it). The job id is deliberately left out: a job is a request to do work, and
 asking twice for the same work must not do it twice.
 """
 
@@ -20,12 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from config.constants import SCHEMA_VERSION
 
-Format = Literal["lp", "csv", "jsonl", "annotated-csv"]
+Format = Literal["lp", "csv", "jsonl", "annotated-csv", "parquet"]
 Precision = Literal["ns", "us", "ms", "s"]
 FieldKind = Literal["float", "int", "uint", "string", "bool"]
 TimeFormat = Literal["rfc3339", "epoch"]
 
-FORMATS: tuple[Format, ...] = ("lp", "csv", "jsonl", "annotated-csv")
+FORMATS: tuple[Format, ...] = ("lp", "csv", "jsonl", "annotated-csv", "parquet")
 MAPPED: tuple[Format, ...] = ("csv", "jsonl")  # the formats that need a Mapping
 PRECISIONS: tuple[Precision, ...] = ("ns", "us", "ms", "s")
 FIELD_KINDS: tuple[FieldKind, ...] = ("float", "int", "uint", "string", "bool")
@@ -45,7 +48,10 @@ class FieldSpec(_Frozen):
 
 
 class Mapping(_Frozen):
-    """How a CSV or JSON Lines record becomes a point. Unused for line protocol."""
+    """How a CSV or JSON Lines record or a Parquet row becomes a point. Unused for line protocol.
+
+    For Parquet the producer derives it from the file's schema (``producers/parquet.py``): the field
+    kinds are the columns' types."""
 
     measurement: str | None = None
     measurement_column: str | None = None
@@ -92,8 +98,8 @@ class ChunkDescriptor(_Frozen):
     chunk_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     start: int = Field(ge=0)
     end: int = Field(ge=0)
-    first_line: int = Field(ge=1)  # 1-based number of the range's first line, for error reports
-    line_count: int = Field(ge=0)
+    first_line: int = Field(ge=1)  # 1-based number of the range's first line (parquet: row), for reports
+    line_count: int = Field(ge=0)  # parquet: rows
     format: Format
     mapping: Mapping | None = None
     route: str = Field(min_length=1)
@@ -101,6 +107,10 @@ class ChunkDescriptor(_Frozen):
     # annotated-csv only: the annotation rows and header in effect at ``start`` (one record a line),
     # read by the producer so that every chunk can be parsed on its own, as CSV's ``columns``.
     table_context: str = ""
+    # parquet only: the chunk's row groups (first index, count), and for a URL the object's version as
+    # its store reports it (ETag, else modification time); ``start``-``end`` are their bytes.
+    row_groups: tuple[int, int] | None = None
+    source_version: str = ""
     key: str = ""
 
     @model_validator(mode="after")
@@ -113,12 +123,24 @@ class ChunkDescriptor(_Frozen):
             raise ValueError("format annotated-csv takes no mapping: its columns say what each value is")
         if self.table_context and self.format != "annotated-csv":
             raise ValueError(f"format {self.format} takes no table_context")
+        if self.format == "parquet":
+            if self.mapping is None or self.row_groups is None:
+                raise ValueError("format parquet needs a mapping and row_groups")
+            if min(self.row_groups) < 0 or self.row_groups[1] < 1:
+                raise ValueError("row_groups is (first index, count >= 1)")
+        elif self.row_groups is not None or self.source_version:
+            raise ValueError(f"format {self.format} takes no row_groups or source_version")
         return self
 
     def _body(self) -> dict[str, Any]:
-        # An empty table_context is left out, so that every other format's descriptors (and so their
-        # idempotency keys, and what workers of before annotated-csv accept) stay as they were.
-        return self.model_dump(mode="json", exclude=None if self.table_context else {"table_context"})
+        # Fields a format does not use are left out, so that every other format's descriptors (and so
+        # their idempotency keys, and what older workers accept) stay as they were.
+        unused = {
+            name
+            for name, empty in (("table_context", ""), ("row_groups", None), ("source_version", ""))
+            if getattr(self, name) == empty
+        }
+        return self.model_dump(mode="json", exclude=unused or None)
 
     def content_key(self) -> str:
         """The idempotency key derived from the descriptor's content (everything but job and key)."""

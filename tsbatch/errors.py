@@ -5,7 +5,8 @@
     │   └── FluxQueryError         InfluxDB's annotated CSV holds an error table: the query failed
     ├── WriteError             a write to a route failed
     │   ├── TransientWriteError    worth retrying: 429, 503, other 5xx, timeouts, connection errors
-    │   │   └── TokenUnavailable       the route's token_file is missing, unreadable or empty (mid-rotation)
+    │   │   ├── TokenUnavailable       the route's token_file is missing, unreadable or empty (mid-rotation)
+    │   │   └── SourceUnavailable      an object store (s3://, gcs://) did not answer a read: retried alike
     │   └── PermanentWriteError    retrying cannot help: 401, 403, 404 (misconfigured route)
     │       └── OutsideRetention       the server dropped points older than the bucket's retention (422)
     ├── RouteUnavailable       the route's shared circuit breaker is open: defer, it is not the chunk's fault
@@ -67,6 +68,12 @@ class TransientWriteError(WriteError):
 class TokenUnavailable(TransientWriteError):
     """The route's ``token_file`` cannot be read now: a rotation replacing it, a secret volume remounting.
     Retried like any transient failure, never dead-lettered as a misconfigured route (issue #8)."""
+
+
+class SourceUnavailable(TransientWriteError):
+    """An object store failed a read in a way that may pass (timeout, reset, 5xx, throttling): the chunk
+    is retried like a transient write, never dead-lettered for it. A missing object or a refused
+    credential is a ``SourceError`` instead."""
 
 
 class PermanentWriteError(WriteError):

@@ -20,6 +20,9 @@ Keys (``P`` is the configured prefix):
 - ``P:window:<job>`` hash of a scheduled job's marks: ``first`` (its first window), ``watermark``
   (every window before it is committed), ``planned_to`` (windows before it are planned), ``def`` (the
   definition last seen, JSON); ``P:wgen:<job>`` hash: window start -> its current generation.
+- ``P:audit``        stream of audit records, one per commit (``commit.lua``), trimmed to
+  ``ledger.retention_days``: ``tsbatch audit export|verify``.
+- ``P:nodes``        hash: worker node -> its last heartbeat (pid, processes, time), for ``tsbatch status``.
 - ``P:dlq``          capped stream of dead-letter entries; ``P:stats`` hash of counters.
 
 Every state change is one Lua script, so a crash between two Redis calls cannot leave half a change.
@@ -255,6 +258,49 @@ class Ledger:
         return f"{self.prefix}:stats"
 
     @property
+    def audit_key(self) -> str:
+        return f"{self.prefix}:audit"
+
+    def audit(
+        self, *, start_ms: int | None = None, end_ms: int | None = None, batch: int = 1000
+    ) -> Iterator[dict[str, Any]]:
+        """The audit records committed in ``[start_ms, end_ms]``, oldest first: key, jobs, the unit's
+        descriptor and commit record (decoded), holder, committed_ms."""
+        low = f"{start_ms}-0" if start_ms is not None else "-"
+        high = f"{end_ms}-9999999999" if end_ms is not None else "+"
+        while True:
+            rows = cast(
+                list[tuple[str, dict[str, str]]], self.redis.xrange(self.audit_key, low, high, count=batch)
+            )
+            for entry_id, f in rows:
+                yield {
+                    "id": entry_id,
+                    "key": f.get("key", ""),
+                    "jobs": [j for j in f.get("jobs", "").split(",") if j],
+                    "descriptor": json.loads(f["desc"]) if f.get("desc") else None,
+                    "record": json.loads(f.get("record", "{}")),
+                    "holder": f.get("holder", ""),
+                    "committed_ms": int(f.get("committed_ms", 0)),
+                }
+            if len(rows) < batch:
+                return
+            low = "(" + rows[-1][0]
+
+    def node_heartbeat(self, node: str, info: dict[str, Any]) -> None:
+        """A worker node is alive (its main process's sweeper says so every sweep)."""
+        self.redis.hset(f"{self.prefix}:nodes", node, json.dumps({**info, "seen_ms": now_ms()}))
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        raw = cast(dict[str, str], self.redis.hgetall(f"{self.prefix}:nodes"))
+        return {k: json.loads(v) for k, v in sorted(raw.items())}
+
+    def forget_node(self, node: str) -> None:
+        self.redis.hdel(f"{self.prefix}:nodes", node)
+
+    def recent_jobs(self, limit: int = 50) -> list[str]:
+        return cast(list[str], self.redis.zrevrange(f"{self.prefix}:jobs", 0, limit - 1))
+
+    @property
     def outbox_key(self) -> str:
         return f"{self.prefix}:outbox"
 
@@ -411,6 +457,7 @@ class Ledger:
                     self.stats_key,
                     self.dlq_key,
                     self.outbox_key,
+                    self.audit_key,
                 ],
                 [
                     holder,

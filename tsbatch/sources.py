@@ -10,6 +10,11 @@ below a root is refused, wherever it points, so nothing outside a root is ever o
 file non-blocking (a FIFO would otherwise block the worker's event loop and its lease heartbeat),
 refuses anything but a regular file, and checks the opened file's real path against the roots once
 more. Linux only: the real path is read from ``/proc/self/fd``.
+
+URLs (``s3://``, ``gcs://``, ``file://``: Parquet restores) are confined the same way by
+``check_url``: a URL must start with one of ``sources.url_roots``, compared as text after refusing
+what could make the text and the object differ (``.`` and ``..`` segments, empty segments) or carry a
+secret (credentials before ``@``, a query string such as a presigned signature).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tsbatch.errors import SourceError
 
@@ -138,3 +144,69 @@ def _refusal(path: str | Path, e: OSError, where: str) -> SourceError:
 
 def _shown(roots: Sequence[Path]) -> str:
     return ", ".join(str(r) for r in roots)
+
+
+def is_url(location: str | Path) -> bool:
+    """Whether ``location`` names an object through a URL scheme (``s3://b/k``) rather than a path."""
+    return "://" in str(location)
+
+
+def shown_url(url: str) -> str:
+    """``url`` for messages and logs: credentials (before an ``@`` in its authority) and any query string
+    (a presigned URL's signature) hidden."""
+    url, query, _ = url.partition("?")
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{authority}{slash}{path}" + ("?***" if query else "")
+
+
+def check_url(url: str, url_roots: Sequence[str], *, prefix: bool = False) -> str:
+    """``url`` if it lies under one of ``url_roots`` (``sources.url_roots``); else ``SourceError``.
+    With ``prefix`` (a "directory" to list), it may end with ``/`` and be a root itself.
+
+    A root matches at a ``/`` boundary: ``s3://b/archive`` admits ``s3://b/archive/x.parquet``, not
+    ``s3://b/archive-old/x.parquet``. Credentials and query strings are refused, not stripped: they
+    would otherwise travel in every descriptor (Redis) and log line; give them through the store's
+    own environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``)."""
+    shown = shown_url(url)
+    if not url_roots:
+        raise SourceError(
+            f"{shown}: sources.url_roots is empty: no URL may be read (add a prefix such as "
+            "'s3://bucket/archive/' to the settings)",
+            reason="no_source_roots",
+        )
+    parts = urlsplit(url)
+    if (
+        not parts.scheme
+        or not (parts.netloc or parts.scheme == "file")
+        or (parts.scheme == "file" and parts.netloc)
+    ):
+        raise SourceError(
+            f"{shown}: not a URL of the form scheme://bucket/key or file:///path", reason="bad_url"
+        )
+    if "@" in parts.netloc:
+        raise SourceError(
+            f"{shown}: credentials in a URL are refused (they would be stored with every chunk): give "
+            "them through the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...)",
+            reason="bad_url",
+        )
+    if "?" in url or "#" in url or not url.isprintable() or " " in url:
+        raise SourceError(
+            f"{shown}: a URL with a query string, a fragment, spaces or control characters is refused",
+            reason="bad_url",
+        )
+    segments = parts.path.split("/")[1:]
+    if prefix and len(segments) > 1 and segments[-1] == "":
+        segments.pop()
+    if any(seg in ("", ".", "..") for seg in segments) and not (prefix and segments == [""]):
+        raise SourceError(f"{shown}: empty, '.' or '..' path segments are refused", reason="bad_url")
+    for root in url_roots:
+        base = root if root.endswith("/") else root + "/"
+        if url.startswith(base) or (prefix and url.rstrip("/") == base.rstrip("/")):
+            return url
+    raise SourceError(
+        f"{shown}: not under sources.url_roots ({', '.join(map(shown_url, url_roots))})",
+        reason="outside_roots",
+    )

@@ -11,9 +11,12 @@ anyway: the second copy meets the claim and is acked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import random
+import socket
 import threading
 from typing import Any
 
@@ -37,10 +40,14 @@ def sweep_once(ledger: Ledger, celery: Celery, *, queue: str) -> int:
 
 
 class Sweeper(threading.Thread):
-    def __init__(self, celery: Celery, settings: Settings) -> None:
+    """Sweeps the outbox, and says the node is alive (``tsbatch status`` lists the nodes)."""
+
+    def __init__(self, celery: Celery, settings: Settings, *, node: str, processes: int) -> None:
         super().__init__(name="tsbatch-sweeper", daemon=True)
         self.celery = celery
         self.settings = settings
+        self.node = node
+        self.processes = processes
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -49,15 +56,20 @@ class Sweeper(threading.Thread):
         # Spread the sweepers of workers started together over the interval.
         wait = random.uniform(0, interval)
         try:
+            with contextlib.suppress(redis.RedisError):  # seen at once, not a sweep interval later
+                ledger.node_heartbeat(self.node, {"pid": os.getpid(), "processes": self.processes})
             while not self.stopping.wait(wait):
                 wait = interval
                 try:
+                    ledger.node_heartbeat(self.node, {"pid": os.getpid(), "processes": self.processes})
                     sweep_once(ledger, self.celery, queue=self.settings.producer.queue)
                 except redis.RedisError as e:
                     log.warning("outbox sweep skipped: %s", e)
                 except Exception:  # a sweep must never stop the sweeper
                     log.exception("outbox sweep failed")
         finally:
+            with contextlib.suppress(redis.RedisError):
+                ledger.forget_node(self.node)  # a clean stop: not "silent" in `tsbatch status`
             ledger.redis.close()
 
     def stop(self) -> None:
@@ -67,10 +79,10 @@ class Sweeper(threading.Thread):
 _sweeper: Sweeper | None = None
 
 
-def start(celery: Celery, settings: Settings) -> None:
+def start(celery: Celery, settings: Settings, *, node: str = "", processes: int = 1) -> None:
     global _sweeper
     if _sweeper is None:
-        _sweeper = Sweeper(celery, settings)
+        _sweeper = Sweeper(celery, settings, node=node or socket.gethostname(), processes=processes)
         _sweeper.start()
 
 

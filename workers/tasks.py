@@ -130,7 +130,9 @@ def _stop_runtime(**_: Any) -> None:
 @worker_ready.connect
 def _start_sweeper(sender: Any = None, **_: Any) -> None:
     """The main process sweeps the outbox (never the pool children: one sweeper per node is enough)."""
-    sweeper.start(sender.app, load_settings())
+    controller = getattr(sender, "controller", None)
+    processes = int(getattr(controller, "concurrency", 1) or 1)
+    sweeper.start(sender.app, load_settings(), node=str(getattr(sender, "hostname", "")), processes=processes)
 
 
 @worker_shutdown.connect

@@ -1,6 +1,8 @@
 -- Commit a unit, fenced by the lease, count it in every job that planned it, and dead-letter its
 -- rejected lines in the same step, so that a crash can neither lose them nor record them twice.
--- KEYS: unit, lease, unit_jobs, stats, dlq, outbox
+-- The same step appends the unit's audit record (its descriptor and what was written) to the audit
+-- stream, trimmed to the ledger's retention: one record per commit, never two.
+-- KEYS: unit, lease, unit_jobs, stats, dlq, outbox, audit
 -- ARGV: holder, record (JSON object), rejected (JSON array of {line, reason, raw, length, sha256}),
 --       now_ms, dlq_common (JSON), retention_s, dlq_maxlen, job key prefix, unit key
 -- Returns 1, or 0 if fenced out.
@@ -12,6 +14,7 @@ if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return 0
 end
 local rec = cjson.decode(ARGV[2])
+local desc = redis.call('HGET', KEYS[1], 'desc') or ''
 local fields = {'state', 'committed', 'committed_ms', ARGV[4], 'holder', ARGV[1]}
 for k, v in pairs(rec) do
   table.insert(fields, k)
@@ -22,7 +25,11 @@ redis.call('HDEL', KEYS[1], 'desc')
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[6], ARGV[9])
-for _, job_id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+local jobs = redis.call('SMEMBERS', KEYS[3])
+redis.call('XADD', KEYS[7], 'MINID', '~', tonumber(ARGV[4]) - tonumber(ARGV[6]) * 1000, '*',
+  'key', ARGV[9], 'jobs', table.concat(jobs, ','), 'desc', desc, 'record', ARGV[2], 'holder', ARGV[1],
+  'committed_ms', ARGV[4])
+for _, job_id in ipairs(jobs) do
   local job = ARGV[8] .. job_id
   redis.call('HINCRBY', job, 'committed', 1)
   redis.call('HINCRBY', job, 'points', rec['points'])
