@@ -759,15 +759,65 @@ class ArchiveFiles:
     uncompressed: int  # Σ of the column chunks' uncompressed bytes
 
 
+def archive_file_paths(root: Path, job: str, span: tuple[int, int]) -> list[Path]:
+    every = ARCHIVE_JOBS[job]
+    return [
+        Path(archive_path(f"file://{root}", datagen.MEASUREMENT, job, start).removeprefix("file://"))
+        for start in range(span[0], span[1], every)
+    ]
+
+
+@dataclass
+class Restore:
+    job: str
+    files: int
+    rows: int  # points with both fields: lines of line protocol, L's unit
+    chunks: int
+    seconds: float  # wall time of `tsbatch produce FILES --format parquet --route restore --wait`
+    pipeline_s: float  # the P clock: first enqueue to last commit
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds
+
+
+def run_restore(stack: Stack, job: str, paths: list[Path], rows: int) -> Restore:
+    """R: the job's files restored into the `restore` VictoriaMetrics, timed as the user sees it."""
+    for path in paths:
+        touch(path)  # a new source version: planned and written again
+    argv = stack.tsbatch(
+        "produce", *map(str, paths), "--format", "parquet", "--route", "restore", "--wait", "--json"
+    )
+    t = time.perf_counter()
+    out = subprocess.run(argv, capture_output=True, text=True, env=stack.env(), check=False)
+    seconds = time.perf_counter() - t
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"tsbatch produce --format parquet failed ({out.returncode}): {out.stderr[-2000:]}"
+        )
+    summary = json.loads(lines[-1])
+    if summary["committed"] != summary["chunks"] or summary["rejected_lines"]:
+        raise RuntimeError(f"restore incomplete: {summary}")
+    client = redis.Redis(port=stack.redis.port, decode_responses=True)
+    entry = Ledger(client, prefix=KEY_PREFIX).job(summary["job"])
+    client.close()
+    pipeline_s = max(entry.last_ms - entry.first_enqueue_ms, 1) / 1000
+    return Restore(job, len(paths), rows, summary["chunks"], seconds, pipeline_s)
+
+
+def run_write_limit(url: str, bodies: list[bytes], rows: int) -> float:
+    """L on these points: pre-serialized, gzip'd 5,000-line bodies posted with 4 in flight; rows/s."""
+    t = time.perf_counter()
+    asyncio.run(_post_all(url, bodies))
+    return rows / (time.perf_counter() - t)
+
+
 def archive_files(root: Path, job: str, span: tuple[int, int]) -> ArchiveFiles:
     """The job's files of ``span`` (not the empty ones of the no-points runs, a year earlier)."""
     import pyarrow.parquet as pq  # the bench extra does not need it elsewhere
 
-    every = ARCHIVE_JOBS[job]
-    paths = [
-        Path(archive_path(f"file://{root}", datagen.MEASUREMENT, job, start).removeprefix("file://"))
-        for start in range(span[0], span[1], every)
-    ]
+    paths = archive_file_paths(root, job, span)
     columns: dict[str, int] = {}
     rows = groups = uncompressed = 0
     for path in paths:
@@ -799,7 +849,16 @@ class ArchiveResults:
     fresh: dict[str, WindowRun] = field(default_factory=dict)  # job -> its first run, on fresh workers
     files: dict[str, ArchiveFiles] = field(default_factory=dict)
     idle_worker: int = 0
-    restore: str = "not measured: `tsbatch produce --format parquet` (branch restore) is not in main yet"
+    limits: list[float] = field(default_factory=list)  # L on these points, rows/s
+    restores: dict[str, list[Restore]] = field(default_factory=dict)  # job -> R runs
+    restore_landed: bool = False  # the restore server took exactly what L and R sent, once each
+
+    @property
+    def best_limit(self) -> float:
+        return max(self.limits)
+
+    def best_restore(self, job: str) -> Restore:
+        return min(self.restores[job], key=lambda r: r.seconds)
 
     @property
     def best_export(self) -> Export:
@@ -812,14 +871,37 @@ class ArchiveResults:
         return min(self.floors[job], key=lambda r: r.seconds)
 
 
+def measure_restores(stack: Stack, res: ArchiveResults, root: Path, repeat: int = 3) -> None:
+    """R against L, side by side on the `restore` VictoriaMetrics: L posts the same points, R restores
+    each job's files of the last A run."""
+    rows = res.points // FIELDS
+    bodies = window_bodies(Sizes(0, 0, 0, 0, window_hosts=res.hosts, window_steps=res.steps))
+    for _ in range(repeat):
+        res.limits.append(run_write_limit(stack.routes["restore"].url, bodies, rows))
+        note = [f"L {fmt(res.limits[-1])} rows/s"]
+        for job in ARCHIVE_JOBS:
+            r = run_restore(stack, job, archive_file_paths(root, job, res.span), rows)
+            res.restores.setdefault(job, []).append(r)
+            note.append(f"{job} R {fmt(r.rows_per_s)} rows/s ({r.seconds:.2f} s, {r.chunks} chunks)")
+        say("restore " + "; ".join(note))
+    # VictoriaMetrics' counter lags a write by up to a few seconds: checked once, over all the runs.
+    want = (len(res.limits) + sum(map(len, res.restores.values()))) * rows * FIELDS
+    deadline = time.monotonic() + 30
+    while (got := vm_rows_inserted(stack.routes["restore"].url)) != want and time.monotonic() < deadline:
+        time.sleep(0.5)
+    res.restore_landed = got == want
+    if not res.restore_landed:
+        say(f"restore: VictoriaMetrics inserted {got:,} rows, not {want:,}")
+
+
 def measure_archives(sizes: Sizes, repeat: int = 3) -> ArchiveResults:
     """A: archive jobs over the window section's data, into a local folder, on a stack of their own."""
     span = window_span(sizes)
     res = ArchiveResults(
         window_points(sizes), sizes.window_hosts, sizes.window_steps, span, load(), quick=sizes is QUICK
     )
-    stack = start_stack(WORKDIR / "astack", roots=[DATA_DIR], routes=("hot",))
-    root = Path(tempfile.mkdtemp(prefix="archive-", dir=WORKDIR / "astack"))
+    root = Path(tempfile.mkdtemp(prefix="archive-", dir=WORKDIR))  # a source root too: R reads it
+    stack = start_stack(WORKDIR / "astack", roots=[DATA_DIR, root], routes=("hot", "restore"))
     try:
         stack.settings["jobs"] = {
             job: archive_job(every, f"file://{root}") for job, every in ARCHIVE_JOBS.items()
@@ -859,6 +941,7 @@ def measure_archives(sizes: Sizes, repeat: int = 3) -> ArchiveResults:
                 raise RuntimeError(
                     f"{job}: the files hold {res.files[job].rows:,} rows, not {res.points // FIELDS:,}"
                 )
+        measure_restores(stack, res, root)
     finally:
         stack.stop()
     res.load_end = load()
@@ -1443,14 +1526,59 @@ def render_archives(a: ArchiveResults | None) -> list[str]:
         "|---|---:|---:|---:|---:|",
         *memory,
         "",
-        "### R: restoring the files",
-        "",
-        "R, restoring these files into VictoriaMetrics with `tsbatch produce <folder> --format parquet "
-        "--route R --wait`, compared with L (the line-protocol section's write limit): "
-        f"{a.restore}.",
-        "",
+        *render_restores(a),
         *ARCHIVE_NOTES,
         ARCHIVES_END,
+        "",
+    ]
+
+
+def render_restores(a: ArchiveResults) -> list[str]:
+    if not a.restores:
+        return ["### R: restoring the files", "", "Not measured in this run.", ""]
+    L = a.best_limit
+    best = []
+    for job in ARCHIVE_JOBS:
+        r = a.best_restore(job)
+        best.append(
+            f"| {_label(job)} | {r.files} | {r.chunks} | **{r.rows_per_s / L:.2f}** | {fmt(r.rows_per_s)} | "
+            f"{fmt(r.rows / r.pipeline_s)} | {fmt(L)} | {r.seconds:.2f} s | "
+            f"{'all' if a.restore_landed else 'MISMATCH'} |"
+        )
+    runs = [
+        f"| {i + 1} | {fmt(lim)} | "
+        + " | ".join(
+            f"{fmt(a.restores[job][i].rows_per_s)} ({a.restores[job][i].seconds:.2f} s)"
+            for job in ARCHIVE_JOBS
+        )
+        + " |"
+        for i, lim in enumerate(a.limits)
+    ]
+    return [
+        "### R: restoring the files",
+        "",
+        "- **R**: the same files (each job's files of the range, as the last A run wrote them) restored "
+        "into another VictoriaMetrics (`restore`) with `tsbatch produce FILES --format parquet --route "
+        "restore --wait`, by the same 2 worker processes; each Parquet row group is a chunk (a file here "
+        "is one row group). Clock: the command's wall time; also the P clock of the line-protocol "
+        "section (first enqueue to last commit, from the ledger). R = rows / that time.",
+        "- **L, the write limit**: the line-protocol section's measurement on these same points (the "
+        f"same {a.points // FIELDS:,} rows as pre-serialized, gzip'd 5,000-line bodies posted with aiohttp, "
+        "4 in flight) to the same `restore` VictoriaMetrics. Rows (points with both fields, a line of "
+        "line protocol) per second, the unit of L and P.",
+        "",
+        f"L, then R from each job's files, in turn, {len(a.limits)} times; the best of each is compared. "
+        '*rows landed*: the `restore` VictoriaMetrics\' `vm_rows_inserted_total{type="influx"}` '
+        "grew by exactly runs x rows x 2 over all the L and R runs.",
+        "",
+        "| files of | files | chunks | R/L | R rows/s | R rows/s, first enqueue to last commit | L rows/s "
+        "| R wall time | rows landed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        *best,
+        "",
+        "| run | L rows/s | " + " | ".join(f"R from {_label(j)} files" for j in ARCHIVE_JOBS) + " |",
+        "|---:|---:|" + "---:|" * len(ARCHIVE_JOBS),
+        *runs,
         "",
     ]
 
