@@ -1589,7 +1589,7 @@ ARCHIVE_NOTES = [
     "",
     "A < 0.5 E, so the workers were profiled with py-spy (`py-spy record -p <pool child> -f raw` on both "
     "pool processes during the `--rerun` backfills of this section). Before the changes below (commit "
-    "0fa7efc), of a pool process's CPU samples: the row digest (`tsbatch/archives.py`, `table_digest`) "
+    "13f72e7), of a pool process's CPU samples: the row digest (`tsbatch/archives.py`, `table_digest`) "
     "30% (15% over the table before the write, 16% over the file read back: each column converted "
     "again for each of the digest's two lanes, and every mix allocating new arrays), the pivot "
     "(`build_table`) 24% (numpy called per series: `np.unique`, `argsort`, `searchsorted` and a masked "
@@ -1618,7 +1618,7 @@ ARCHIVE_NOTES = [
     "to 4.7 B per row, so the default stays.",
     "",
     "Before/after, the same bench run back to back on a busy machine (load 2.3 → 4.0 from other work; "
-    "before: commit 0fa7efc's `workers/archive.py` and `tsbatch/archives.py`): A with 10-minute "
+    "before: commit 13f72e7's `workers/archive.py` and `tsbatch/archives.py`): A with 10-minute "
     "windows 687,415 → 1,297,295 points/s (best wall time 2.91 s → 1.54 s), with 1-hour windows "
     "1,217,638 → 1,540,844 (1.64 s → 1.30 s); E 9.8M points/s in both. An earlier run before the "
     "changes, on a quieter machine: 890,555 and 1,209,711 points/s (2.25 s and 1.65 s).",
