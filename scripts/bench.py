@@ -694,10 +694,7 @@ def measure_windows(sizes: Sizes, repeat: int = 3) -> WindowResults:
         start_workers(stack)
         # Memory: fresh worker processes for each window length, over the same raw points.
         for job in WINDOW_JOBS:
-            restart_workers(stack)
-            res.idle_worker = max(res.idle_worker, max(_hwm(p) for p in worker_processes(stack)))
-            run = res.memory[job] = run_backfill(stack, job, span, rerun=False)
-            _check_points(run, res.points)
+            run = res.memory[job] = fresh_backfill(stack, job, span, res)
             say(
                 f"windows memory {job}: {run.windows} windows in {run.seconds:.2f} s, worker peak "
                 f"{mb(run.worker_peak)} (VmHWM {mb(run.worker_hwm)}), tree {mb(run.worker_tree_peak)}"
@@ -723,6 +720,16 @@ def measure_windows(sizes: Sizes, repeat: int = 3) -> WindowResults:
     res.load_end = load()
     res.generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return res
+
+
+def fresh_backfill(stack: Stack, job: str, span: tuple[int, int], res: Any) -> WindowRun:
+    """A job's first run on freshly started workers (their memory), its points checked; ``res`` keeps
+    the idle workers' high-water mark (``idle_worker``) and the points expected (``points``)."""
+    restart_workers(stack)
+    res.idle_worker = max(res.idle_worker, max(_hwm(p) for p in worker_processes(stack)))
+    run = run_backfill(stack, job, span, rerun=False)
+    _check_points(run, res.points)
+    return run
 
 
 def _check_points(run: WindowRun, want: int) -> None:
@@ -911,10 +918,7 @@ def measure_archives(sizes: Sizes, repeat: int = 3) -> ArchiveResults:
         load_window_data(stack, sizes, params)
         start_workers(stack)
         for job in ARCHIVE_JOBS:  # the first run of each job on fresh workers: their memory
-            restart_workers(stack)
-            res.idle_worker = max(res.idle_worker, max(_hwm(p) for p in worker_processes(stack)))
-            run = res.fresh[job] = run_backfill(stack, job, span, rerun=False)
-            _check_points(run, res.points)
+            run = res.fresh[job] = fresh_backfill(stack, job, span, res)
             say(
                 f"archive {job}: {run.windows} files in {run.seconds:.2f} s, "
                 f"worker VmHWM {mb(run.worker_hwm)}"

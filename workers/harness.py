@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import redis
 
@@ -87,6 +87,33 @@ class Work(Protocol):
         ...
 
     async def run(self, attempt: Attempt) -> Result: ...
+
+
+D = TypeVar("D", bound="Described")
+
+
+class Described(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def job_id(self) -> str: ...
+
+
+class DescribedWork(Generic[D]):
+    """What every kind of work shares: the runtime and a descriptor that carries the key and the job."""
+
+    def __init__(self, rt: Runtime, desc: D) -> None:
+        self.rt = rt
+        self.desc = desc
+
+    @property
+    def key(self) -> str:
+        return self.desc.key
+
+    @property
+    def job_id(self) -> str:
+        return self.desc.job_id
 
 
 def backoff_s(failures: int, *, base: float, cap: float, floor: float | None) -> float:
