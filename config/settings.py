@@ -358,6 +358,26 @@ class FlowerSettings(_Section):
     password: SecretStr | None = None
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class LoggingSettings(_Section):
+    """How every process logs (tsbatch/logs.py). ``format``: ``json`` (one object per line) or ``text``;
+    unset, text when the process's stderr is a terminal and JSON otherwise (a file, a pipe, journald, a
+    container's log driver). ``level``: the worker's, beat's and Flower's (a ``--loglevel`` on their
+    command line wins); the other commands log warnings and errors only."""
+
+    format: Literal["json", "text"] | None = None
+    level: str = "INFO"
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        if v.upper() not in LOG_LEVELS:
+            raise ValueError(f"{v!r}: one of {', '.join(LOG_LEVELS)}")
+        return v.upper()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TSBATCH_",
@@ -372,6 +392,7 @@ class Settings(BaseSettings):
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
     jobs: dict[str, JobSettings] = Field(default_factory=dict)
     buckets: dict[str, BucketSettings] = Field(default_factory=dict)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)

@@ -31,6 +31,7 @@ from typing import Protocol
 import redis
 
 from config import ConfigError
+from tsbatch import logs
 from tsbatch.errors import (
     LeaseLost,
     PermanentWriteError,
@@ -259,7 +260,14 @@ class Attempt:
 
 
 async def execute(rt: Runtime, work: Work, descriptor: str) -> Outcome:
-    """Run one delivery of ``work`` through the harness."""
+    """Run one delivery of ``work`` through the harness; every line logged meanwhile names the unit."""
+    where = work.dlq_entry()
+    unit = {"job": work.job_id, "unit": work.key, "route": where.get("route"), "window": where.get("window")}
+    with logs.bound(**unit, attempt=None):
+        return await _execute(rt, work, descriptor)
+
+
+async def _execute(rt: Runtime, work: Work, descriptor: str) -> Outcome:
     w = rt.settings.worker
     # Called on the loop, not in a thread: nothing else runs yet, and a thread hop per chunk was ~1 ms of
     # the time between chunks (issue #4).
@@ -270,6 +278,7 @@ async def execute(rt: Runtime, work: Work, descriptor: str) -> Outcome:
         max_attempts=w.max_attempts,
         descriptor=descriptor,
     )
+    logs.bind(attempt=claim.attempts)
     if claim.status in ("committed", "dead"):
         return Outcome("duplicate")
     if claim.status == "busy":
