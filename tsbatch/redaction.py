@@ -8,7 +8,7 @@ Masked with ``***``:
   ``redis.url``, Flower's password and its ``user:password`` credential;
 - what has the shape of a credential, whoever wrote it: the value of an ``Authorization`` header, the
   user information of a URL (``redis://:pass@``, ``http://user:pass@``) and the value after
-  ``token=``, ``password:``, ``secret=``, ``api_key=`` and the like.
+  ``token=``, ``password:``, ``cookie_secret:``, ``api_key=`` and the like.
 
 Logs go through it (``tsbatch/logs.py``, one processor over every record, tsbatch's own and every
 library's), and so does the text of a server's error answer before it becomes an error message
@@ -39,9 +39,10 @@ _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#@'\"<>]+@")
 _AUTHORIZATION = re.compile(
     r"(?i)(\b(?:proxy-)?authorization\b['\"]?\s*[:=]\s*['\"]?)(?:[a-z]+[ \t]+)?[^\s'\",;}\]]+"
 )
-# ``token=...``, ``"password": "..."``, ``secret: ...``: a word that names a secret, then its value.
+# ``token=...``, ``"password": "..."``, ``'cookie_secret': '...'`` (Flower's debug log): a name that
+# ends in a word for a secret, then its value. ``token_file`` and ``tokens`` are not such names.
 _KEY_VALUE = re.compile(
-    r"(?i)(\b(?:token|password|passwd|pwd|secret|api[_-]?key|access[_-]?key|secret[_-]?key)\b"
+    r"(?i)(\b[\w-]*?(?:token|password|passwd|pwd|secret|api[_-]?key|access[_-]?key|secret[_-]?key)\b"
     r"['\"]?\s*[:=]\s*['\"]?)[^\s'\",;&}\]]+"
 )
 
