@@ -121,6 +121,9 @@ def test_the_format_follows_the_terminal_unless_set() -> None:
         ("{'cookie_secret': 'QOzwAgQh7S',\n 'debug': False}", "{'cookie_secret': '***',\n 'debug': False}"),
         ("X-Influx-Token: abc", "X-Influx-Token: ***"),
         ("route hot: token_file /run/secrets/t: empty", "route hot: token_file /run/secrets/t: empty"),
+        ("token_file /run/hot.token: No such file", "token_file /run/hot.token: No such file"),
+        ("/run/secrets/token: No such file", "/run/secrets/token: No such file"),
+        ("/tmp/influx-token: No such file", "/tmp/influx-token: No such file"),
         ("w1@host ready.", "w1@host ready."),
     ],
 )
@@ -156,7 +159,9 @@ def test_flower_shows_a_unit_by_a_short_summary_not_its_descriptor() -> None:
     assert reprs["kwargsrepr"] == "{'ledger_errors': 2}"
     window = {"unit": "window", "job": "cpu_5m", "job_id": "j", "start": 0, "end": 300, "key": "e" * 64}
     window["definition"] = {"source": "hot", "target": "warm"}
-    assert describe_unit(window) == "window cpu_5m [0, 300) job=j route=warm key=eeeeeeeeeeee"
+    assert describe_unit(window) == (
+        "window cpu_5m [1970-01-01T00:00:00Z, 1970-01-01T00:05:00Z) job=j route=warm key=eeeeeeeeeeee"
+    )
     assert describe_unit(["not", "a", "descriptor"]) == "a list, not a descriptor"
 
 

@@ -14,6 +14,7 @@ from config import Settings, load_settings
 from tsbatch import logs
 from tsbatch.redaction import redact
 from tsbatch.transport import TRANSPORT
+from tsbatch.windows import iso
 
 TASK_NAME = "tsbatch.ingest_chunk"  # every unit: a chunk or a window descriptor
 TICK_TASK_NAME = "tsbatch.tick"  # the scheduler's tick, sent by ``tsbatch beat``
@@ -98,11 +99,15 @@ def describe_unit(message: object) -> str:
     if g("unit") == "window":
         d = g("definition")
         route = (d.get("target") or d.get("source")) if isinstance(d, Mapping) else None
-        where = f"window {g('job')} [{g('start')}, {g('end')})"
+        where = f"window {g('job')} [{_iso(g('start'))}, {_iso(g('end'))})"
     else:
         route = g("route")
         where = f"chunk {g('path')} bytes {g('start')}-{g('end')} line {g('first_line')}"
     return redact(f"{where} job={g('job_id')} route={route} key={key}")
+
+
+def _iso(t: object) -> object:
+    return iso(t) if isinstance(t, int) and not isinstance(t, bool) else t
 
 
 def unit_reprs(message: object, kwargs: Mapping[str, Any] | None = None) -> dict[str, str]:

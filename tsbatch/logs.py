@@ -68,8 +68,13 @@ def configure(
 
 
 def formatter(fmt: str) -> structlog.stdlib.ProcessorFormatter:
-    json = fmt == "json"
-    renderer: Processor = structlog.processors.JSONRenderer() if json else _text_line
+    render: list[Processor] = [_text_line]
+    if fmt == "json":
+        render = [
+            structlog.processors.EventRenamer("message"),
+            _json_order,
+            structlog.processors.JSONRenderer(),
+        ]
     return structlog.stdlib.ProcessorFormatter(
         # Records from stdlib loggers (all of them: tsbatch logs through logging too).
         foreign_pre_chain=_pre_chain(),
@@ -81,8 +86,7 @@ def formatter(fmt: str) -> structlog.stdlib.ProcessorFormatter:
             # (show_locals), which may hold a token or a descriptor.
             structlog.processors.format_exc_info,
             _redact,
-            *([structlog.processors.EventRenamer("message"), _json_order] if json else []),
-            renderer,
+            *render,
         ],
     )
 

@@ -40,9 +40,10 @@ _AUTHORIZATION = re.compile(
     r"(?i)(\b(?:proxy-)?authorization\b['\"]?\s*[:=]\s*['\"]?)(?:[a-z]+[ \t]+)?[^\s'\",;}\]]+"
 )
 # ``token=...``, ``"password": "..."``, ``'cookie_secret': '...'`` (Flower's debug log): a name that
-# ends in a word for a secret, then its value. ``token_file`` and ``tokens`` are not such names.
+# ends in a word for a secret, then its value. ``token_file`` and ``tokens`` are not such names, nor is
+# a file name (``/run/secrets/hot.token: No such file or directory``).
 _KEY_VALUE = re.compile(
-    r"(?i)(\b[\w-]*?(?:token|password|passwd|pwd|secret|api[_-]?key|access[_-]?key|secret[_-]?key)\b"
+    r"(?i)((?<![\w./\\-])[\w-]*?(?:token|password|passwd|pwd|secret|api[_-]?key|access[_-]?key|secret[_-]?key)\b"
     r"['\"]?\s*[:=]\s*['\"]?)[^\s'\",;&}\]]+"
 )
 
