@@ -11,8 +11,9 @@ Masked with ``***``:
   ``token=``, ``password:``, ``cookie_secret:``, ``api_key=`` and the like.
 
 Logs go through it (``tsbatch/logs.py``, one processor over every record, tsbatch's own and every
-library's), and so does the text of a server's error answer before it becomes an error message
-(``workers/writer.py``), which ends up in logs, the dead-letter queue and task results alike.
+library's), and so does text on its way into the ledger: a server's error answer before it becomes an
+error message (``workers/writer.py``), and every dead-letter message (``workers/harness.py``), which
+end up in the dead-letter queue, a unit's history, a breaker's reason and task results.
 
 A known secret shorter than ``MIN_SECRET_CHARS`` is not searched for: masking every ``a`` in every
 line would hide the logs, not the secret.

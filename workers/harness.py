@@ -41,6 +41,7 @@ from tsbatch.errors import (
     WriteError,
 )
 from tsbatch.ledger import Claim, RejectedLine
+from tsbatch.redaction import redact
 from workers.runtime import Runtime
 
 log = logging.getLogger("tsbatch.worker")
@@ -219,6 +220,7 @@ class Attempt:
         return Outcome("committed", points=result.points, rejected=len(result.rejected))
 
     async def dead(self, reason: str, message: str) -> Outcome:
+        message = redact(message)  # kept in the DLQ and the task's result: any error's text, masked
         work = self.work
         history = await asyncio.to_thread(self.rt.ledger.history, work.key)
         entry = {
