@@ -13,6 +13,7 @@ from typing import Any
 
 from tests.conftest import cli, wait_for
 from tsbatch import datagen
+from tsbatch.localstack import free_port, http_get
 
 TOKEN = "tok-Route-4Xq8Lm2Zr7"
 REDIS_PASSWORD = "redis-Pw-9Hd3Kt6Vb1"
@@ -73,6 +74,8 @@ def test_no_secret_appears_anywhere_when_a_job_fails_in_every_way_it_can(
     route = stack.settings["routes"]["default"]
     route.pop("token")
     route.update(url=proxy.url, token_file=str(token_file))
+    metrics_port = free_port()
+    stack.settings["metrics"] = {"port": metrics_port}
     stack.write_config()
     flower = stack.start_flower(user="admin", password=FLOWER_PASSWORD)
     stack.start_beat()
@@ -115,6 +118,9 @@ def test_no_secret_appears_anywhere_when_a_job_fails_in_every_way_it_can(
         :3
     ]
     assert any(t.get("result") for t in ingest)
+    metrics_text = http_get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).decode()
+    assert "tsbatch_points_written_total" in metrics_text
+    outputs.append(metrics_text)  # the metrics as Prometheus would scrape them
     stack.stop()  # everything said on the way down is in the logs too
 
     logs = {p.name: p.read_text(errors="replace") for p in stack.workdir.glob("*.log")}
