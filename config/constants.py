@@ -22,6 +22,12 @@ time on a 2M-line file. It costs 2-3 extra chunks a file (~10 ms each)."""
 BATCH_LINES: Final = 5_000
 """Lines per HTTP write: InfluxDB's documented optimum for /api/v2/write (5,000 lines)."""
 
+COLUMNAR: Final = True
+"""CSV and JSON Lines chunks are first tried by pyarrow's readers, column by column (workers/columnar.py);
+a chunk that path cannot take whole goes to the row path. A 200,000-row chunk: CSV 1,231 -> 548 ns a row,
+JSON Lines 4,626 -> 1,133; `tsbatch produce` of 1M CSV rows, 2 worker processes: 499k -> 701k points/s
+(scripts/columnar_bench.py, best of 3, 2026-12-02). Off: the row path alone, as before issue 12."""
+
 WRITES_IN_FLIGHT: Final = 4
 """Concurrent writes per worker process (the asyncio.Semaphore bound)."""
 

@@ -93,7 +93,9 @@ def csv_chunks(draw: Any, good: bool = False) -> tuple[bytes, Mapping, str]:
             quoted = [draw(st.booleans()) for _ in cells]
         line = d.join(render(c, d, q) for c, q in zip(cells, quoted, strict=True))
         if not good:
-            line = draw(st.one_of(st.just(line), st.just(line), st.just(line), st.sampled_from(["", " ", '"a\nb"'])))
+            line = draw(
+                st.one_of(st.just(line), st.just(line), st.just(line), st.sampled_from(["", " ", '"a\nb"']))
+            )
         lines.append(line)
     end = draw(st.sampled_from(["\n", "\r\n", ""]))
     return (end.join(lines) + draw(st.sampled_from([end, ""]))).encode(), mapping, draw(precisions)
@@ -140,7 +142,9 @@ def jsonl_chunks(draw: Any, good: bool = False) -> tuple[bytes, Mapping, str]:
             line = draw(
                 st.one_of(
                     *[st.just(line)] * 4,
-                    st.sampled_from(["", " ", "[1]", "{", "null", '{"time": 1} {"time": 2}', '{"s": "\\ud800"}']),
+                    st.sampled_from(
+                        ["", " ", "[1]", "{", "null", '{"time": 1} {"time": 2}', '{"s": "\\ud800"}']
+                    ),
                     st.just(line.replace('"time"', '"time": 1, "time"', 1)),  # a key twice
                 )
             )
@@ -154,7 +158,9 @@ def row_path(data: bytes, mapping: Mapping, fmt: str, precision: str, batch_line
     return list(batches(data, desc, batch_lines=batch_lines, max_line_bytes=LIMIT))
 
 
-def columnar_path(data: bytes, mapping: Mapping, fmt: str, precision: str, batch_lines: int) -> list[Batch] | None:
+def columnar_path(
+    data: bytes, mapping: Mapping, fmt: str, precision: str, batch_lines: int
+) -> list[Batch] | None:
     desc = descriptor_for(data, format=fmt, first_line=2, mapping=mapping.model_dump(), precision=precision)
     return columnar.batches(data, desc, batch_lines=batch_lines, max_line_bytes=LIMIT)
 

@@ -56,7 +56,9 @@ class _Refused(Exception):
     """The chunk is the row path's (never raised out of this module)."""
 
 
-def batches(data: bytes, desc: ChunkDescriptor, *, batch_lines: int, max_line_bytes: int) -> list[Batch] | None:
+def batches(
+    data: bytes, desc: ChunkDescriptor, *, batch_lines: int, max_line_bytes: int
+) -> list[Batch] | None:
     """The chunk's batches as ``parsers.batches`` would give them, or None: use the row path."""
     mapping = desc.mapping
     if desc.format not in ("csv", "jsonl") or mapping is None or not _mapping_fits(mapping, desc.format):
@@ -126,21 +128,26 @@ def _quotes_whole_fields(data: bytes, delimiter: str) -> bool:
     return re2.fullmatch(line + rb"(?:\n" + line + rb")*", data) is not None
 
 
-# Arrow's type for each field kind as read. CSV booleans are read as text and converted by the row
-# path's own words (true/t/1/yes, any case); JSON booleans are JSON's.
-_CSV_TYPES: Final[dict[FieldKind, Any]] = {
+# Arrow's type for each field kind. CSV cells are read as text: numbers are cast only where every cell
+# has a syntax Python's float() and int() read the same way (Arrow reads "0x10" as 16, int() refuses
+# it: found by hypothesis), booleans are converted by the row path's own words (true/t/1/yes, any case).
+_JSON_TYPES: Final[dict[FieldKind, Any]] = {
     "float": pa.float64(),
     "int": pa.int64(),
     "uint": pa.uint64(),
-    "bool": pa.string(),
+    "bool": pa.bool_(),
     "string": pa.string(),
 }
-_JSON_TYPES: Final[dict[FieldKind, Any]] = {**_CSV_TYPES, "bool": pa.bool_()}
+_CSV_SYNTAX: Final[dict[FieldKind, str]] = {
+    "float": r"^-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$",
+    "int": r"^-?[0-9]+$",
+    "uint": r"^[0-9]+$",
+}
 
 
 def _read_csv(data: bytes, mapping: Mapping) -> Any:
     types = {mapping.time_column: pa.string(), **{t: pa.string() for t in mapping.tag_columns}}
-    types.update({f.name: _CSV_TYPES[f.kind] for f in mapping.field_columns})
+    types.update({f.name: pa.string() for f in mapping.field_columns})
     return pa_csv.read_csv(
         pa.py_buffer(data),
         read_options=pa_csv.ReadOptions(column_names=list(mapping.columns), use_threads=False),
@@ -183,6 +190,11 @@ def _typed(table: Any, mapping: Mapping, desc: ChunkDescriptor) -> Any:
     present = np.zeros(table.num_rows, dtype=bool)
     for spec in mapping.field_columns:
         column = columns[spec.name]
+        syntax = _CSV_SYNTAX.get(spec.kind)
+        if syntax is not None and pa.types.is_string(column.type):
+            if pc.all(pc.match_substring_regex(column, syntax)).as_py() not in (True, None):
+                raise _Refused
+            column = column.cast(_JSON_TYPES[spec.kind])
         if spec.kind == "bool" and pa.types.is_string(column.type):
             column = _each_distinct(column, field_converter("bool"), pa.string())
             column = pc.equal(column, "true")
