@@ -9,7 +9,7 @@
 #   make demo    1,000,000 points through the whole pipeline and read back (DEMO_ARGS=--keep to keep it)
 #   make test    the test suite, on its own redis-server and VictoriaMetrics instances
 #   make bench   docs/BENCHMARKS.md's measurements (scripts/bench.py; BENCH_ARGS=--quick for a smoke run,
-#                BENCH_ARGS=--windows-only for the window part alone)
+#                BENCH_ARGS=--windows-only for the window part alone, --archive-only for the archive part)
 #   make chaos   docs/RELIABILITY.md's fault scenarios (scripts/chaos.py; CHAOS_ARGS=--quick, --scenario NAME)
 #   make lint    ruff check, ruff format --check, mypy
 #   make clean   remove var/ (demo data, stacks and logs)

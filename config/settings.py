@@ -375,6 +375,26 @@ class MetricsSettings(_Section):
     reap_interval_s: float = Field(default=constants.METRICS_REAP_INTERVAL_S, gt=0)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class LoggingSettings(_Section):
+    """How every process logs (tsbatch/logs.py). ``format``: ``json`` (one object per line) or ``text``;
+    unset, text when the process's stderr is a terminal and JSON otherwise (a file, a pipe, journald, a
+    container's log driver). ``level``: the worker's, beat's and Flower's (a ``--loglevel`` on their
+    command line wins); the other commands log warnings and errors only."""
+
+    format: Literal["json", "text"] | None = None
+    level: str = "INFO"
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        if v.upper() not in LOG_LEVELS:
+            raise ValueError(f"{v!r}: one of {', '.join(LOG_LEVELS)}")
+        return v.upper()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TSBATCH_",
@@ -390,6 +410,7 @@ class Settings(BaseSettings):
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
     jobs: dict[str, JobSettings] = Field(default_factory=dict)
     buckets: dict[str, BucketSettings] = Field(default_factory=dict)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)

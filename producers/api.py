@@ -26,7 +26,7 @@ from config.constants import PLANNING_STALE_S, SCHEMA_VERSION
 from producers import planner
 from producers.preflight import Finding, check_paths
 from tsbatch.descriptor import MAPPED, ChunkDescriptor, Format, Mapping, Precision
-from tsbatch.envelope import TASK_NAME, create_app
+from tsbatch.envelope import create_app, send_unit
 from tsbatch.errors import SourceError
 from tsbatch.ledger import DeadLetter, JobStatus, now_ms, open_ledger, unreachable
 from tsbatch.sources import Source, open_source
@@ -295,7 +295,7 @@ class Producer:
             sub.dead.append(f"{desc.path}:{desc.first_line}")
             return
         # new, or planned by an earlier run and not done: publish (a duplicate meets the claim).
-        self.celery.send_task(TASK_NAME, args=[message], queue=self.settings.producer.queue)
+        send_unit(self.celery, message, queue=self.settings.producer.queue)
         sub.enqueued += 1
         sub.republished += state == "planned"
         sub.lines += desc.line_count
@@ -389,7 +389,7 @@ class Producer:
                     window.key, sub.job_id, descriptor=json.dumps(message), retry_dead=True
                 )
                 if status in ("new", "planned"):
-                    self.celery.send_task(TASK_NAME, args=[message], queue=self.settings.producer.queue)
+                    send_unit(self.celery, message, queue=self.settings.producer.queue)
                     sub.enqueued += 1
                 self.ledger.remove_dead_letters([entry.id])
         except BaseException as e:

@@ -26,6 +26,7 @@ import click
 from pydantic import SecretStr, ValidationError
 
 from config import ConfigError, Settings, load_settings
+from tsbatch import logs
 from tsbatch.descriptor import FIELD_KINDS, FORMATS, PRECISIONS, FieldSpec, Format, Mapping, Precision
 from tsbatch.errors import RedisUnreachable
 from tsbatch.ledger import JobStatus, check_reachable
@@ -61,7 +62,11 @@ def _printable(text: object) -> str:
 
 def _settings() -> Settings:
     with _user_errors():
-        return load_settings()
+        settings = load_settings()
+    # What a command has to say is its output; its logs only say what went wrong (worker, beat and
+    # Flower log at logging.level). Configured here, as soon as the secrets to mask are known.
+    logs.configure(settings, level="WARNING")
+    return settings
 
 
 def _producer(settings: Settings | None = None) -> Any:
@@ -88,7 +93,7 @@ def main() -> None:
 @click.option(
     "--concurrency", "-c", type=click.IntRange(min=1), help="Worker processes [worker.concurrency]."
 )
-@click.option("--loglevel", "-l", default="info", show_default=True)
+@click.option("--loglevel", "-l", help="[logging.level]")
 @click.option("--pool", "-P", type=click.Choice(["prefork", "solo"]), default="prefork", show_default=True)
 @click.option("--hostname", "-n", default=None, help="Node name, e.g. w1@%h.")
 @click.option(
@@ -97,12 +102,18 @@ def main() -> None:
     help="Replace a pool process after this many tasks (Celery's option; default: never).",
 )
 def worker(
-    concurrency: int | None, loglevel: str, pool: str, hostname: str | None, max_tasks_per_child: int | None
+    concurrency: int | None,
+    loglevel: str | None,
+    pool: str,
+    hostname: str | None,
+    max_tasks_per_child: int | None,
 ) -> None:
     """Start a worker that executes chunks from the queue (Ctrl-C or SIGTERM drains and stops).
 
     With [metrics] port set, the worker's main process serves Prometheus metrics on it."""
     settings = _settings()
+    level = (loglevel or settings.logging.level).upper()
+    fmt = logs.configure(settings, level=level)
     from tsbatch import metricsdir
 
     # Before Celery and prometheus_client are imported, and so before the pool forks (tsbatch/metricsdir.py).
@@ -110,9 +121,11 @@ def worker(
     from workers import app
 
     argv = [
+        # Celery prints its banner on stdout, not as records: not in a stream of JSON lines.
+        *(["--quiet"] if fmt == "json" else []),
         "worker",
         "--loglevel",
-        loglevel,
+        level,
         "--pool",
         pool,
         "-Q",
@@ -140,6 +153,7 @@ def flower(port: int | None, address: str | None) -> None:
     colon (HTTP basic authentication cannot tell it from the separator)."""
     settings = _settings()
     credential = _flower_credential(settings.flower.user, settings.flower.password)
+    logs.configure(settings)  # before Flower starts: tornado then adds no handler of its own
     from workers import app
 
     # Handed to Flower as one list item by its configuration file (tsbatch/flowerconfig.py), not through
@@ -156,6 +170,7 @@ def flower(port: int | None, address: str | None) -> None:
             f"--conf={Path(__file__).with_name('flowerconfig.py')}",
             f"--port={port or settings.flower.port}",
             f"--address={address or settings.flower.address}",
+            f"--logging={settings.logging.level.lower()}",  # tornado sets the root logger's level from it
         ]
     )
 

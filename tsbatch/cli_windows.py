@@ -19,8 +19,9 @@ import click
 from config import Settings
 from producers.retention import check_window_retention
 from producers.schedule import Windows
+from tsbatch import logs
 from tsbatch.cli import _producer, _settings, _user_errors, _wait_with_bar, main
-from tsbatch.envelope import TASK_NAME
+from tsbatch.envelope import send_unit
 from tsbatch.windows import floor_window, iso, parse_time
 
 
@@ -45,22 +46,24 @@ def _publisher(producer: Any) -> Any:
     queue = producer.settings.producer.queue
 
     def publish(message: dict[str, Any]) -> None:
-        producer.celery.send_task(TASK_NAME, args=[message], queue=queue)
+        send_unit(producer.celery, message, queue=queue)
 
     return publish
 
 
 @main.command()
-@click.option("--loglevel", "-l", default="info", show_default=True)
-def beat(loglevel: str) -> None:
+@click.option("--loglevel", "-l", help="[logging.level]")
+def beat(loglevel: str | None) -> None:
     """Send the scheduler's tick every [scheduler.tick_s]; a worker plans each job's due windows.
 
     Running two beats (or restarting one) never runs a window twice: planning goes through the ledger."""
     settings = _settings()
+    level = (loglevel or settings.logging.level).upper()
+    logs.configure(settings, level=level)
     from tsbatch.envelope import create_app
 
     app = create_app(settings)
-    app.Beat(loglevel=loglevel, quiet=True).run()
+    app.Beat(loglevel=level, quiet=True).run()
 
 
 def _job_row(settings: Settings, producer: Any, name: str, now: float) -> dict[str, Any]:

@@ -5,12 +5,16 @@ settings registry. Producers publish with it and workers consume with it; neithe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery
 
 from config import Settings, load_settings
+from tsbatch import logs
+from tsbatch.redaction import redact
 from tsbatch.transport import TRANSPORT
+from tsbatch.windows import iso
 
 TASK_NAME = "tsbatch.ingest_chunk"  # every unit: a chunk or a window descriptor
 TICK_TASK_NAME = "tsbatch.tick"  # the scheduler's tick, sent by ``tsbatch beat``
@@ -86,8 +90,41 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def describe_unit(message: object) -> str:
+    """A unit's message in one short line: job, file and byte range or window, route, key."""
+    if not isinstance(message, Mapping):
+        return f"a {type(message).__name__}, not a descriptor"
+    g = message.get
+    key = str(g("key", ""))[:12]
+    if g("unit") == "window":
+        d = g("definition")
+        route = (d.get("target") or d.get("source")) if isinstance(d, Mapping) else None
+        where = f"window {g('job')} [{_iso(g('start'))}, {_iso(g('end'))})"
+    else:
+        route = g("route")
+        where = f"chunk {g('path')} bytes {g('start')}-{g('end')} line {g('first_line')}"
+    return redact(f"{where} job={g('job_id')} route={route} key={key}")
+
+
+def _iso(t: object) -> object:
+    return iso(t) if isinstance(t, int) and not isinstance(t, bool) else t
+
+
+def unit_reprs(message: object, kwargs: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """``send_task``/``retry`` options that make Flower and Celery's logs show a unit by
+    ``describe_unit`` instead of its whole descriptor (Celery's default ``argsrepr`` is the arguments'
+    repr: every mapping, column and hash of the descriptor, in every task event)."""
+    return {"argsrepr": f"[{describe_unit(message)!r}]", "kwargsrepr": repr(dict(kwargs or {}))}
+
+
+def send_unit(celery: Celery, message: dict[str, Any], *, queue: str) -> None:
+    """Publish one unit's message (a chunk or a window descriptor) to the workers."""
+    celery.send_task(TASK_NAME, args=[message], queue=queue, **unit_reprs(message))
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app for ``settings``, or one that loads the settings when first configured."""
+    logs.connect_celery()  # Celery installs no log handler of its own (worker, beat): tsbatch/logs.py
     celery = Celery("tsbatch", set_as_current=settings is None)
     if settings is not None:
         celery.conf.update(celery_config(settings))

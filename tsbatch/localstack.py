@@ -129,11 +129,18 @@ def _spawn(
 
 
 def start_redis(
-    workdir: Path, *, port: int | None = None, appendonly: bool = False, also_bind: Sequence[str] = ()
+    workdir: Path,
+    *,
+    port: int | None = None,
+    appendonly: bool = False,
+    also_bind: Sequence[str] = (),
+    password: str = "",
 ) -> Process:
     """A redis-server on 127.0.0.1 and, with ``also_bind``, on those addresses too (e.g. the root side of
     a veth pair, for a worker in a network namespace). Protected mode refuses every client that is not on
-    loopback, so it is off when other addresses are bound: bind only addresses private to the machine."""
+    loopback, so it is off when other addresses are bound: bind only addresses private to the machine.
+    With ``password``, clients must authenticate (``requirepass``; given in a config file on stdin,
+    never in argv, which ``ps`` shows)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server not found: apt-get install redis-server")
@@ -160,8 +167,13 @@ def start_redis(
         "--daemonize",
         "no",
     ]
+    if password:
+        conf = data / "redis-auth.conf"
+        conf.write_text(f"requirepass {json.dumps(password)}\n")
+        conf.chmod(0o600)
+        argv.insert(1, str(conf))
     proc = _spawn("redis", argv, log)
-    client = redis.Redis(port=port, socket_timeout=1)
+    client = redis.Redis(port=port, socket_timeout=1, password=password or None)
     try:
         _wait(client.ping, "redis-server", proc, log, STARTUP_TIMEOUT_S)
     finally:
@@ -271,10 +283,25 @@ class Stack:
     workers: list[Process] = field(default_factory=list)
     beats: list[Process] = field(default_factory=list)
     flower: Process | None = None
+    redis_password: str = ""
+    redis_appendonly: bool = False
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis.port}/0"
+        auth = f":{urllib.parse.quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{auth}127.0.0.1:{self.redis.port}/0"
+
+    def restart_redis(self, *, down_s: float = 0.0) -> None:
+        """Stop Redis (SIGTERM: with AOF on, nothing written is lost), wait, start it again on the same
+        port, data directory and password."""
+        self.redis.stop()
+        time.sleep(down_s)
+        self.redis = start_redis(
+            self.workdir,
+            port=self.redis.port,
+            appendonly=self.redis_appendonly,
+            password=self.redis_password,
+        )
 
     def write_config(self) -> None:
         self.config.write_text(to_toml(self.settings))
@@ -361,12 +388,19 @@ def start_stack(
     ledger: Mapping[str, Any] | None = None,
     redis_appendonly: bool = False,
     redis_also_bind: Sequence[str] = (),
+    redis_password: str = "",
+    logging: Mapping[str, Any] | None = None,
 ) -> Stack:
-    """Redis and one VictoriaMetrics per route, plus the settings file that points at them."""
+    """Redis and one VictoriaMetrics per route, plus the settings file that points at them.
+
+    Logs are text unless ``logging`` says otherwise: the processes write to files here, where the
+    default would be JSON, and people and scripts read these logs line by line."""
     workdir.mkdir(parents=True, exist_ok=True)
     started: list[Process] = []
     try:
-        red = start_redis(workdir, appendonly=redis_appendonly, also_bind=redis_also_bind)
+        red = start_redis(
+            workdir, appendonly=redis_appendonly, also_bind=redis_also_bind, password=redis_password
+        )
         started.append(red)
         vms = {}
         for name in routes:
@@ -377,7 +411,7 @@ def start_stack(
             p.stop()
         raise
     settings: dict[str, Any] = {
-        "redis": {"url": f"redis://127.0.0.1:{red.port}/0"},
+        "redis": {"url": "(below)"},
         "sources": {"roots": [str(r) for r in roots]},
         "routes": {
             n: {"kind": "victoriametrics", "url": vm.url, "org": "local", "bucket": n, "token": "local-token"}
@@ -386,7 +420,17 @@ def start_stack(
         "worker": dict(worker or {}),
         "producer": dict(producer or {}),
         "ledger": dict(ledger or {}),
+        "logging": dict(logging or {"format": "text"}),
     }
-    stack = Stack(workdir=workdir, redis=red, routes=vms, config=workdir / "tsbatch.toml", settings=settings)
+    stack = Stack(
+        workdir=workdir,
+        redis=red,
+        routes=vms,
+        config=workdir / "tsbatch.toml",
+        settings=settings,
+        redis_password=redis_password,
+        redis_appendonly=redis_appendonly,
+    )
+    settings["redis"]["url"] = stack.redis_url
     stack.write_config()
     return stack

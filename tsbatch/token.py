@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from config import RouteSettings
+from tsbatch import redaction
 from tsbatch.errors import TokenUnavailable
 
 Signature = tuple[int, int, int]
@@ -73,6 +74,8 @@ class RouteToken:
             raise self._unavailable("not UTF-8 text") from None
         if not text:
             raise self._unavailable("empty")  # being rewritten: the next read will find the token
+        if text != self._value:
+            redaction.remember(text)  # a rotated token is masked in this process's logs from now on
         if self._loaded and text != self._value:
             self._changed_at = time.monotonic()
         self._value, self._seen, self._loaded = text, _signature(st), True

@@ -17,9 +17,8 @@ from tsbatch.errors import SourceError
 from tsbatch.ledger import RejectedLine
 from tsbatch.sources import open_source
 from workers import columnar, parquet
-from workers.harness import Attempt, Result
+from workers.harness import Attempt, DescribedWork, Result
 from workers.parsers import Batch, batches
-from workers.runtime import Runtime
 from workers.writer import RejectedBatch, RouteWriter
 
 
@@ -54,22 +53,10 @@ def _timings(*, read: float, encode: float, write: float) -> dict[str, int]:
     return {"read_ms": round(read * 1000), "encode_ms": round(encode * 1000), "write_ms": round(write * 1000)}
 
 
-class ChunkWork:
+class ChunkWork(DescribedWork[ChunkDescriptor]):
     """One chunk descriptor's work."""
 
     kind = "chunk"
-
-    def __init__(self, rt: Runtime, desc: ChunkDescriptor) -> None:
-        self.rt = rt
-        self.desc = desc
-
-    @property
-    def key(self) -> str:
-        return self.desc.key
-
-    @property
-    def job_id(self) -> str:
-        return self.desc.job_id
 
     def label(self) -> str:
         return f"path={self.desc.path} line={self.desc.first_line}"

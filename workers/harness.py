@@ -26,11 +26,12 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import redis
 
 from config import ConfigError
+from tsbatch import logs
 from tsbatch.errors import (
     LeaseLost,
     PermanentWriteError,
@@ -40,6 +41,7 @@ from tsbatch.errors import (
     WriteError,
 )
 from tsbatch.ledger import Claim, RejectedLine
+from tsbatch.redaction import redact
 from workers import metrics
 from workers.runtime import Runtime
 
@@ -87,6 +89,33 @@ class Work(Protocol):
         ...
 
     async def run(self, attempt: Attempt) -> Result: ...
+
+
+D = TypeVar("D", bound="Described")
+
+
+class Described(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def job_id(self) -> str: ...
+
+
+class DescribedWork(Generic[D]):
+    """What every kind of work shares: the runtime and a descriptor that carries the key and the job."""
+
+    def __init__(self, rt: Runtime, desc: D) -> None:
+        self.rt = rt
+        self.desc = desc
+
+    @property
+    def key(self) -> str:
+        return self.desc.key
+
+    @property
+    def job_id(self) -> str:
+        return self.desc.job_id
 
 
 def backoff_s(failures: int, *, base: float, cap: float, floor: float | None) -> float:
@@ -230,6 +259,7 @@ class Attempt:
         return Outcome("committed", points=result.points, rejected=len(result.rejected))
 
     async def dead(self, reason: str, message: str) -> Outcome:
+        message = redact(message)  # kept in the DLQ and the task's result: any error's text, masked
         work = self.work
         history = await asyncio.to_thread(self.rt.ledger.history, work.key)
         entry = {
@@ -274,7 +304,14 @@ class Attempt:
 
 
 async def execute(rt: Runtime, work: Work, descriptor: str) -> Outcome:
-    """Run one delivery of ``work`` through the harness."""
+    """Run one delivery of ``work`` through the harness; every line logged meanwhile names the unit."""
+    where = work.dlq_entry()
+    unit = {"job": work.job_id, "unit": work.key, "route": where.get("route"), "window": where.get("window")}
+    with logs.bound(**unit, attempt=None):
+        return await _execute(rt, work, descriptor)
+
+
+async def _execute(rt: Runtime, work: Work, descriptor: str) -> Outcome:
     w = rt.settings.worker
     # Called on the loop, not in a thread: nothing else runs yet, and a thread hop per chunk was ~1 ms of
     # the time between chunks (issue #4).
@@ -286,6 +323,7 @@ async def execute(rt: Runtime, work: Work, descriptor: str) -> Outcome:
         descriptor=descriptor,
     )
     metrics.CLAIMS.labels(claim.status).inc()
+    logs.bind(attempt=claim.attempts)
     if claim.status in ("committed", "dead"):
         return Outcome("duplicate")
     if claim.status == "busy":

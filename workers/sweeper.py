@@ -24,7 +24,7 @@ import redis
 from celery import Celery
 
 from config import Settings
-from tsbatch.envelope import TASK_NAME
+from tsbatch.envelope import send_unit
 from tsbatch.ledger import Ledger, open_ledger
 
 log = logging.getLogger("tsbatch.sweeper")
@@ -34,8 +34,12 @@ def sweep_once(ledger: Ledger, celery: Celery, *, queue: str) -> int:
     """Publish the overdue units once; return how many."""
     overdue = ledger.sweep(queue=queue)
     for key, descriptor in overdue:
-        celery.send_task(TASK_NAME, args=[json.loads(descriptor)], queue=queue)
-        log.warning("re-published overdue unit key=%s (its message was lost or its holder died)", key[:12])
+        send_unit(celery, json.loads(descriptor), queue=queue)
+        log.warning(
+            "re-published overdue unit key=%s (its message was lost or its holder died)",
+            key[:12],
+            extra={"unit": key},
+        )
     return len(overdue)
 
 

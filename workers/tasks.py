@@ -20,9 +20,9 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 from config import load_settings
 from producers import schedule
 from tsbatch.descriptor import DescriptorError, parse_descriptor
-from tsbatch.envelope import TASK_NAME, TICK_TASK_NAME
+from tsbatch.envelope import TASK_NAME, TICK_TASK_NAME, send_unit, unit_reprs
 from tsbatch.windows import is_window_message, parse_window
-from workers import metrics, metricsserver, sweeper
+from workers import logcontext, metrics, metricsserver, sweeper  # noqa: F401 (logcontext: its signal receivers)
 from workers.celeryapp import app
 from workers.chunks import ChunkWork
 from workers.harness import Outcome, backoff_s, execute
@@ -69,9 +69,10 @@ def ingest_chunk(self: Task, message: dict[str, Any], ledger_errors: int = 0, **
         else:
             log.warning("ledger unreachable, retrying in %.1fs: %s", countdown, e)
         kwargs = {"ledger_errors": ledger_errors + 1}
-        raise self.retry(kwargs=kwargs, countdown=countdown, max_retries=None) from None
+        reprs = unit_reprs(message, kwargs)
+        raise self.retry(kwargs=kwargs, countdown=countdown, max_retries=None, **reprs) from None
     if outcome.status == "defer":
-        raise self.retry(kwargs={}, countdown=outcome.countdown, max_retries=None)
+        raise self.retry(kwargs={}, countdown=outcome.countdown, max_retries=None, **unit_reprs(message))
     return asdict(outcome)
 
 
@@ -83,7 +84,7 @@ def tick() -> dict[str, Any]:
     queue = rt.settings.producer.queue
 
     def publish(message: dict[str, Any]) -> None:
-        app.send_task(TASK_NAME, args=[message], queue=queue)
+        send_unit(app, message, queue=queue)
 
     report = schedule.tick(rt.settings, rt.ledger, publish)
     for name, job in rt.settings.jobs.items():

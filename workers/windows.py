@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from tsbatch.errors import PermanentWriteError
 from tsbatch.windows import Definition, WindowDescriptor
 from workers.aggregate import Aggregator, Fingerprint
-from workers.harness import Attempt, Result
+from workers.harness import Attempt, DescribedWork, Result
 from workers.lineprotocol import encode_point
 from workers.readers import Block, read_victoria
 from workers.runtime import Runtime
@@ -107,20 +107,8 @@ class _Sink:
         return hashlib.sha256(b"".join(self.digests)).hexdigest()
 
 
-class WindowWork:
+class WindowWork(DescribedWork[WindowDescriptor]):
     """One window descriptor's work."""
-
-    def __init__(self, rt: Runtime, desc: WindowDescriptor) -> None:
-        self.rt = rt
-        self.desc = desc
-
-    @property
-    def key(self) -> str:
-        return self.desc.key
-
-    @property
-    def job_id(self) -> str:
-        return self.desc.job_id
 
     @property
     def kind(self) -> str:

@@ -42,6 +42,7 @@ from tsbatch.errors import (
     TransientWriteError,
     WriteError,
 )
+from tsbatch.redaction import redact
 from tsbatch.token import RouteToken
 from workers import metrics
 from workers.breaker import RouteGuard
@@ -94,9 +95,11 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 def _body_text(body: object, *, limit: int = 500) -> str:
+    """A server's answer as it goes into error messages (logs, the DLQ, task results): a proxy or a
+    server that echoes the request's ``Authorization`` header must not put the token there."""
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
-    return str(body or "")[:limit]
+    return redact(str(body or ""))[:limit]
 
 
 def outside_retention(route: str, status: int, text: str) -> OutsideRetention | None:
