@@ -22,6 +22,13 @@ time on a 2M-line file. It costs 2-3 extra chunks a file (~10 ms each)."""
 BATCH_LINES: Final = 5_000
 """Lines per HTTP write: InfluxDB's documented optimum for /api/v2/write (5,000 lines)."""
 
+COLUMNAR: Final = True
+"""CSV and JSON Lines chunks are first tried by pyarrow's readers, column by column (workers/columnar.py);
+a chunk that path cannot take whole goes to the row path. A 200,000-row chunk: CSV 1,111 -> 605 ns a row,
+JSON Lines 4,437 -> 1,114; `tsbatch produce` of 1M CSV rows, 2 worker processes, best runs: 499k -> 701k
+points/s in one session, 692k -> 704k in another (the write side on the same 2 cores bounds it; noisy
+machine; scripts/columnar_bench.py, 2026-12-02). Off: the row path alone, as before issue 12."""
+
 WRITES_IN_FLIGHT: Final = 4
 """Concurrent writes per worker process (the asyncio.Semaphore bound)."""
 

@@ -171,6 +171,7 @@ class WorkerSettings(_Section):
     concurrency: int = Field(default=2, ge=1)
     writes_in_flight: int = Field(default=constants.WRITES_IN_FLIGHT, ge=1)
     batch_lines: int = Field(default=constants.BATCH_LINES, ge=1)
+    columnar: bool = constants.COLUMNAR
     gzip_level: int = Field(default=constants.GZIP_LEVEL, ge=0, le=9)
     lease_ttl_s: float = Field(default=constants.LEASE_TTL_S, gt=0)
     heartbeat_s: float = Field(default=constants.HEARTBEAT_S, gt=0)

@@ -93,6 +93,27 @@ class ArrowEncoder:
         if not rows:
             return Batch()
         problems = _Problems(rows)
+        lines, has_fields = self._lines(batch, problems)
+        keep = has_fields & ~problems.mask
+        numbers = (
+            range(first_row, first_row + rows) if keep.all() else (np.flatnonzero(keep) + first_row).tolist()
+        )
+        rejected = [
+            RejectedLine(first_row + i, f"parquet row {first_row + i}: {reason}", _raw(batch, i))
+            for i, reason in sorted(problems.reasons.items())
+            if has_fields[i]
+        ]
+        return Batch(body_of(lines if keep.all() else lines.filter(pa.array(keep))), numbers, rejected)
+
+    def lines_of(self, batch: Any) -> Any:
+        """The rows of ``batch`` as a string array of lines, each ending in a newline; None if any row
+        would be rejected or skipped (``workers/columnar.py`` then leaves the chunk to the row path)."""
+        problems = _Problems(batch.num_rows)
+        lines, has_fields = self._lines(batch, problems)
+        return lines if has_fields.all() and not problems.mask.any() else None
+
+    def _lines(self, batch: Any, problems: _Problems) -> tuple[Any, Any]:
+        """Every row's line (a refused row's too) and whether each row has a field."""
         stamps = self._times(batch.column(self.time_column), problems)
         measurement = self._measurements(batch, problems)
         tags = [self._tag(batch.column(column), key) for key, column in self.tags]
@@ -103,16 +124,7 @@ class ArrowEncoder:
         lines = _join(measurement, *tags, " ", pc.utf8_slice_codeunits(fields, 1), " ", stamps, "\n")
         lengths = pc.binary_length(lines).to_numpy(zero_copy_only=False) - 1
         problems.add(lengths > self.max_line_bytes, lambda i: f"line longer than {self.max_line_bytes} bytes")
-        keep = has_fields & ~problems.mask
-        numbers = (
-            range(first_row, first_row + rows) if keep.all() else (np.flatnonzero(keep) + first_row).tolist()
-        )
-        rejected = [
-            RejectedLine(first_row + i, f"parquet row {first_row + i}: {reason}", _raw(batch, i))
-            for i, reason in sorted(problems.reasons.items())
-            if has_fields[i]
-        ]
-        return Batch(_body(lines if keep.all() else lines.filter(pa.array(keep))), numbers, rejected)
+        return lines, has_fields
 
     def _times(self, column: Any, problems: _Problems) -> Any:
         factor = _UNIT_NS[column.type.unit]
@@ -208,7 +220,7 @@ class ArrowEncoder:
         return texts
 
 
-def _body(lines: Any) -> bytes:
+def body_of(lines: Any) -> bytes:
     """The lines of a string array (each ending in a newline) as one bytes object: its data buffer."""
     if not len(lines):
         return b""

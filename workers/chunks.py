@@ -16,7 +16,7 @@ from tsbatch.descriptor import ChunkDescriptor
 from tsbatch.errors import SourceError
 from tsbatch.ledger import RejectedLine
 from tsbatch.sources import open_source
-from workers import parquet
+from workers import columnar, parquet
 from workers.harness import Attempt, DescribedWork, Result
 from workers.parsers import Batch, batches
 from workers.writer import RejectedBatch, RouteWriter
@@ -131,6 +131,10 @@ class ChunkWork(DescribedWork[ChunkDescriptor]):
             chunk = await parquet.read_chunk_async(desc, settings.sources)
             return parquet.batches(chunk, desc, batch_lines=w.batch_lines, max_line_bytes=w.max_line_bytes)
         data = read_range(desc, settings.sources.roots)
+        if w.columnar:
+            whole = columnar.batches(data, desc, batch_lines=w.batch_lines, max_line_bytes=w.max_line_bytes)
+            if whole is not None:
+                return iter(whole)
         return batches(data, desc, batch_lines=w.batch_lines, max_line_bytes=w.max_line_bytes)
 
     @staticmethod
