@@ -51,10 +51,10 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import psutil  # type: ignore[import-untyped]  # no stubs in the bench extra
@@ -84,6 +84,8 @@ KEY_PREFIX = "tsbatch"
 REPEAT = (
     2  # B and P: the better of 2 runs each (L: of 3), so that one busy second on the machine does not decide
 )
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -1761,34 +1763,39 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def windows_only(sizes: Sizes, *, keep: bool) -> int:
-    shutil.rmtree(WORKDIR / "wstack", ignore_errors=True)
+def section_only(
+    stack_dir: str,
+    what: str,
+    measure: Callable[[Sizes], T],
+    splice: Callable[[str, T], str],
+    goals: Callable[[T], list[tuple[str, str, bool | None]]],
+    sizes: Sizes,
+    *,
+    keep: bool,
+) -> int:
+    """Measure one section on a stack of its own and replace only that section (and its targets)."""
+    shutil.rmtree(WORKDIR / stack_dir, ignore_errors=True)
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     try:
-        w = measure_windows(sizes)
+        result = measure(sizes)
     finally:
         if not keep:
             shutil.rmtree(WORKDIR, ignore_errors=True)
-    DOC.write_text(splice_windows(DOC.read_text() if DOC.exists() else "# Benchmarks\n", w))
-    say(f"wrote the window section of {DOC.relative_to(ROOT)}")
-    for name, got, ok in window_targets(w):
+    DOC.write_text(splice(DOC.read_text() if DOC.exists() else "# Benchmarks\n", result))
+    say(f"wrote the {what} section of {DOC.relative_to(ROOT)}")
+    for name, got, ok in goals(result):
         say(f"{'MET ' if ok else 'MISS'} {name}: {got}")
     return 0
+
+
+def windows_only(sizes: Sizes, *, keep: bool) -> int:
+    return section_only("wstack", "window", measure_windows, splice_windows, window_targets, sizes, keep=keep)
 
 
 def archive_only(sizes: Sizes, *, keep: bool) -> int:
-    shutil.rmtree(WORKDIR / "astack", ignore_errors=True)
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    try:
-        a = measure_archives(sizes)
-    finally:
-        if not keep:
-            shutil.rmtree(WORKDIR, ignore_errors=True)
-    DOC.write_text(splice_archives(DOC.read_text() if DOC.exists() else "# Benchmarks\n", a))
-    say(f"wrote the archive section of {DOC.relative_to(ROOT)}")
-    for name, got, ok in archive_targets(a):
-        say(f"{'MET ' if ok else 'MISS'} {name}: {got}")
-    return 0
+    return section_only(
+        "astack", "archive", measure_archives, splice_archives, archive_targets, sizes, keep=keep
+    )
 
 
 if __name__ == "__main__":
