@@ -310,9 +310,17 @@ async def verify(
     publish: Publish,
 ) -> tuple[int, list[Repair]]:
     """Compare each committed window's source fingerprint with its commit record; run the changed ones
-    again as a new generation. Returns (windows checked, repairs)."""
+    again as a new generation. Returns (windows checked, repairs).
+
+    A re-run moves the generation, then plans its unit: a verifier that died between the two left a
+    generation nobody planned (state ``unplanned`` although the window ran before). It is planned here,
+    so the repair it began is not stranded."""
     checked, repairs = 0, []
     for row in list(windows.rows(start, end)):
+        if row.state == "unplanned" and row.generation > 0:
+            windows.plan([row.start], job_id=job_id, publish=publish)
+            repairs.append(Repair(row.start, row.end, "", "", row.generation))
+            continue
         if row.state != "committed":
             continue
         checked += 1

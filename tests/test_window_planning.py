@@ -108,3 +108,32 @@ def test_a_changed_definition_plans_the_windows_after_the_watermark_again(redis_
         == FIRST + 3 * EVERY
     )
     assert json.loads(json.dumps(changed.marks()))["planned_to"] == FIRST + 3 * EVERY
+
+
+def test_a_repair_interrupted_between_its_generation_and_its_plan_is_planned_by_the_next_verify(
+    redis_server: str,
+) -> None:
+    import asyncio
+
+    from producers.schedule import verify
+
+    book = _ledger(redis_server)
+    sent: list[dict[str, Any]] = []
+    w = Windows(book, "cpu", _job())
+    w.tick(FIRST + 2 * EVERY, max_windows=100, publish=sent.append)
+    for m in sent:
+        _commit(book, m["key"])
+    # A verifier moved window 1 to generation 1 and died before planning it.
+    assert book.next_generation("cpu", FIRST + EVERY, 0) == 1
+    assert [r.state for r in w.rows(FIRST, FIRST + 2 * EVERY)] == ["committed", "unplanned"]
+    sent.clear()
+
+    async def same_as_committed(start: int, end: int) -> str:
+        return next(iter(w.rows(start, end))).record.get("fingerprint", "")
+
+    checked, repairs = asyncio.run(
+        verify(w, FIRST, FIRST + 2 * EVERY, fingerprint=same_as_committed, job_id="j2", publish=sent.append)
+    )
+    assert checked == 1 and [r.start for r in repairs] == [FIRST + EVERY]
+    assert [(m["start"], m["generation"]) for m in sent] == [(FIRST + EVERY, 1)]
+    assert [r.state for r in w.rows(FIRST, FIRST + 2 * EVERY)] == ["committed", "planned"]

@@ -227,6 +227,9 @@ def windows_verify(job: str, frm: str, to: str, as_json: bool) -> None:
             if as_json
             else f"changed since commit: [{iso(r.start)}, {iso(r.end)}) {r.was} -> {r.now}: "
             f"re-running as generation {r.generation} (job {job_id})"
+            if r.was
+            else f"an interrupted repair: [{iso(r.start)}, {iso(r.end)}) generation {r.generation} was never "
+            f"planned: planning it now (job {job_id})"
         )
     click.echo(f"{checked} committed windows checked, {len(repairs)} changed and re-run", err=True)
     if repairs:
